@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny synthetic data and small models, so the suite stays within minutes on 2 CPU cores."""
+
+import pytest
+from ultralytics import YOLO
+
+from yolo_nexp.synthetic import make_dataset
+
+IMGSZ = 64  # small input size for the tests (a multiple of the largest stride, 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A seeded synthetic dataset: 8 train and 4 val images of 64 px, 3 classes."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny", n_train=8, n_val=4, imgsz=IMGSZ, nc=3, seed=0)
+
+
+@pytest.fixture
+def yolov8n():
+    """A fresh randomly initialised yolov8n (80 classes)."""
+    return YOLO("yolov8n.yaml")

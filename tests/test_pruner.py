@@ -1,0 +1,111 @@
+"""Structured pruning: identity at ratio 0, strictly smaller models for every criterion, stock classes only."""
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.modules import C2f
+
+import yolo_nexp
+from yolo_nexp.criteria import CRITERIA
+from yolo_nexp.graph import C2fSplit
+from yolo_nexp.report import macs_and_params
+
+from .conftest import IMGSZ
+
+
+def _outputs(det, x):
+    det.eval()
+    with torch.no_grad():
+        return det(x)[0]
+
+
+def test_ratio_zero_leaves_outputs_identical(yolov8n):
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    before = _outputs(yolov8n.model, x)
+    report = yolo_nexp.prune(yolov8n, ratio=0.0, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    after = _outputs(yolov8n.model, x)
+    assert (before - after).abs().max().item() < 1e-5
+    assert report.macs_after == report.macs_before and report.params_after == report.params_before
+    assert all(b == a for b, a in report.channels.values())
+
+
+@pytest.mark.parametrize("scale", ["n", "s"])
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_pruned_model_is_smaller_and_forwards(scale, ratio, criterion):
+    model = YOLO(f"yolov8{scale}.yaml")
+    det = model.model
+    head = det.model[-1]
+    dfl = {name: p.clone() for name, p in det.named_parameters() if ".dfl." in name}
+    shapes = {s: _outputs(det, torch.rand(1, 3, s, s)).shape for s in (IMGSZ, 96)}
+    report = yolo_nexp.prune(model, ratio=ratio, criterion=criterion, imgsz=IMGSZ, batches=1, batch=4, verbose=False)
+
+    assert report.macs_after < report.macs_before and report.params_after < report.params_before
+    assert (report.macs_after, report.params_after) == macs_and_params(det, IMGSZ)  # the report tells the truth
+    for s, shape in shapes.items():
+        assert _outputs(det, torch.rand(1, 3, s, s)).shape == shape
+    assert not any(isinstance(m, C2fSplit) for m in det.modules())
+    for m in det.modules():
+        if isinstance(m, C2f):
+            assert m.cv1.conv.out_channels == 2 * m.c  # folded back consistently
+    for branch in (head.cv2, head.cv3):
+        for seq in branch:
+            assert seq[-1].out_channels in (4 * head.reg_max, head.nc)
+    assert sum(b > a for b, a in report.channels.values()) > len(report.channels) // 2
+    assert all(a >= 1 for _, a in report.channels.values())
+    for name, p in det.named_parameters():
+        if ".dfl." in name:
+            torch.testing.assert_close(p, dfl[name])
+
+
+@pytest.mark.parametrize("nc", [1, 3, 120])
+def test_any_class_count(nc):
+    from ultralytics.nn.tasks import DetectionModel
+
+    det = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    report = yolo_nexp.prune(det, ratio=0.5, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    assert report.params_after < report.params_before
+    assert _outputs(det, torch.rand(1, 3, IMGSZ, IMGSZ)).shape[1] == 4 + nc
+
+
+def test_round_to_gives_multiples(yolov8n):
+    report = yolo_nexp.prune(yolov8n, ratio=0.4, round_to=8, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    for name, (before, after) in report.channels.items():
+        if before % 8 == 0:
+            assert after % 8 == 0, name
+
+
+def test_nexp_prunes_dead_channels_first(yolov8n):
+    """A channel that never fires (NEXP 0) is removed, a lively one of the same layer is kept."""
+    det = yolov8n.model
+    block = det.model[1]  # a plain Conv block feeding only the next C2f
+    with torch.no_grad():
+        block.bn.bias[:8] = -1e4  # channels 0-7 are dead: SiLU(-1e4) ~ 0- never > 0
+    before = block.conv.weight[8:].clone()
+    yolo_nexp.prune(yolov8n, ratio=0.25, round_to=1, imgsz=IMGSZ, batches=2, batch=4, verbose=False)
+    assert block.conv.out_channels == 24
+    remaining = block.conv.weight  # the 24 kept filters are exactly the 24 lively ones
+    assert remaining.shape[0] == 24
+    kept_rows = {tuple(r.flatten()[:4].tolist()) for r in remaining}
+    assert kept_rows <= {tuple(r.flatten()[:4].tolist()) for r in before}
+
+
+def test_same_seed_same_architecture():
+    a, b = YOLO("yolov8n.yaml"), YOLO("yolov8n.yaml")
+    b.model.load_state_dict(a.model.state_dict())
+    ra = yolo_nexp.prune(a, ratio=0.5, imgsz=IMGSZ, batches=2, batch=2, seed=3, verbose=False)
+    rb = yolo_nexp.prune(b, ratio=0.5, imgsz=IMGSZ, batches=2, batch=2, seed=3, verbose=False)
+    assert ra.channels == rb.channels
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", True])
+def test_bad_ratio_is_rejected(yolov8n, bad):
+    with pytest.raises(ValueError, match="ratio"):
+        yolo_nexp.prune(yolov8n, ratio=bad, imgsz=IMGSZ, verbose=False)
+
+
+def test_unknown_criterion_is_rejected(yolov8n):
+    with pytest.raises(ValueError, match="criterion"):
+        yolo_nexp.prune(yolov8n, criterion="magic", imgsz=IMGSZ, verbose=False)

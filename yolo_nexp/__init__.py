@@ -1,0 +1,9 @@
+"""yolo-nexp: structured channel pruning of Ultralytics YOLOv8 driven by Neural Expressiveness (NEXP)."""
+
+__version__ = "0.1.0"
+
+from .nexp import score
+from .pruner import prune
+from .report import PruneReport
+
+__all__ = ["__version__", "PruneReport", "prune", "score"]

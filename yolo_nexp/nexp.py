@@ -1,0 +1,152 @@
+"""Neural Expressiveness (NEXP): streaming activation statistics and the per-channel score.
+
+For N calibration images and one conv block, let B[n, c, p] = (A[n, c, p] > 0) be the binarised
+output of channel c at spatial position p, and k[c, p] = sum_n B[n, c, p] the number of images
+that fire there. Then (DESIGN.md section 1)
+
+    NEXP(c) = mean_p 2 * k[c, p] * (N - k[c, p]) / (N * (N - 1))
+
+which equals the mean normalised Hamming distance between channel c's binary maps over all
+ordered pairs of different images. Only the integer counts k are kept, so memory does not grow
+with N and batches can be streamed.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from ultralytics.utils import LOGGER, TQDM
+
+from .data import calibration_batches
+from .graph import conv_blocks, detection_model
+
+
+def nexp_from_counts(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Closed-form NEXP from firing counts.
+
+    Args:
+        counts (torch.Tensor): Integer tensor (C, ...) of how many of the ``n`` images fire per channel and position.
+        n (int): Number of images the counts were taken over (at least 2).
+
+    Returns:
+        (torch.Tensor): float32 tensor (C,), the NEXP score of every channel, in [0, N / (2 (N - 1))], about [0, 0.5].
+    """
+    if n < 2:
+        raise ValueError(f"NEXP needs at least 2 calibration images, got {n}: raise 'batches' or the batch size.")
+    k = counts.reshape(counts.shape[0], -1).double()
+    return (2.0 * k * (n - k) / (n * (n - 1))).mean(1).float()
+
+
+def nexp_pairwise(activations: torch.Tensor) -> torch.Tensor:
+    """Reference O(N^2) NEXP: mean normalised Hamming distance over all ordered pairs of different images.
+
+    Kept for tests and the scoring-cost benchmark; use :class:`FiringCounter` for real work.
+
+    Args:
+        activations (torch.Tensor): (N, C, ...) activations (or binary maps) of N images.
+
+    Returns:
+        (torch.Tensor): float32 tensor (C,).
+    """
+    b = (activations > 0).flatten(2).float()  # N, C, P
+    n = b.shape[0]
+    total = torch.zeros(b.shape[1], dtype=torch.float64)
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                total += (b[i] != b[j]).double().mean(-1)
+    return (total / (n * (n - 1))).float()
+
+
+class FiringCounter:
+    """Streaming per-(channel, position) firing counts of one layer's output.
+
+    Attributes:
+        counts (torch.Tensor | None): int32 tensor (C, H, W) of images with a positive activation.
+        n (int): Number of images seen.
+    """
+
+    def __init__(self):
+        """Start with no images seen."""
+        self.counts = None
+        self.n = 0
+
+    def update(self, output: torch.Tensor) -> None:
+        """Add one batch (B, C, H, W) of layer outputs."""
+        fired = (output > 0).sum(0, dtype=torch.int32)
+        if self.counts is None:
+            self.counts = fired
+        elif fired.shape != self.counts.shape:
+            raise ValueError(
+                f"calibration images changed size within one scoring run ({tuple(self.counts.shape)} then "
+                f"{tuple(fired.shape)}): all images of one run must share one input size."
+            )
+        else:
+            self.counts += fired
+        self.n += output.shape[0]
+
+    def score(self) -> torch.Tensor:
+        """NEXP of every channel from the counts so far."""
+        if self.counts is None:
+            raise RuntimeError("no activations were recorded for this layer: the calibration data was empty.")
+        return nexp_from_counts(self.counts.cpu(), self.n)
+
+
+@contextmanager
+def recording(blocks: dict[str, nn.Module]) -> Iterator[dict[str, FiringCounter]]:
+    """Attach a :class:`FiringCounter` to the output of every block; hooks are removed on exit, also on error."""
+    counters = {name: FiringCounter() for name in blocks}
+    handles = [
+        block.register_forward_hook(lambda _m, _i, out, c=counters[name]: c.update(out.detach()))
+        for name, block in blocks.items()
+    ]
+    try:
+        yield counters
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def score(
+    model,
+    source="noise",
+    batches: int = 4,
+    imgsz: int = 640,
+    batch: int = 8,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Score every prunable conv block's output channels by NEXP.
+
+    Args:
+        model (ultralytics.YOLO | nn.Module): The model; a ``YOLO`` object is unwrapped to its ``DetectionModel``.
+        source (str | Path | Iterable): ``"noise"``, a folder of images, an Ultralytics data yaml (its train split),
+            or an iterable of image batches (tensors in [0, 1] or Ultralytics batch dicts with ``"img"``).
+        batches (int): Number of calibration batches.
+        imgsz (int): Square input size of the calibration images.
+        batch (int): Images per calibration batch (ignored for iterables, which bring their own).
+        seed (int): Seed for noise and for the choice of images.
+        verbose (bool): Show a progress bar.
+
+    Returns:
+        (dict[str, torch.Tensor]): ``{module_name: tensor[C]}`` for every ``Conv`` block, float32 on the CPU.
+    """
+    model = detection_model(model)
+    param = next(model.parameters())
+    was_training = model.training
+    blocks = conv_blocks(model)
+    model.eval()
+    try:
+        with recording(blocks) as counters, torch.inference_mode():
+            stream: Iterable = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
+            for images in TQDM(stream, total=batches, desc="NEXP scoring", disable=not verbose):
+                model(images.to(param.device, param.dtype))
+        scores = {name: c.score() for name, c in counters.items()}
+    finally:
+        model.train(was_training)
+    if verbose:
+        LOGGER.info(f"NEXP: scored {len(scores)} conv blocks on {next(iter(counters.values())).n} images")
+    return scores
