@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 from .nexp import score
 from .pruner import prune
 from .report import PruneReport
+from .trainer import NexpTrainer
 
-__all__ = ["__version__", "PruneReport", "prune", "score"]
+__all__ = ["__version__", "NexpTrainer", "PruneReport", "prune", "score"]

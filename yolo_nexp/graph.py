@@ -170,3 +170,9 @@ def conv_blocks(model: nn.Module) -> dict[str, Conv]:
 def conv_widths(model: nn.Module) -> dict[str, int]:
     """Output channels of every Ultralytics ``Conv`` block, by module name."""
     return {name: m.conv.out_channels for name, m in conv_blocks(model).items()}
+
+
+def is_pruned(model: DetectionModel) -> bool:
+    """Whether ``model``'s layer widths differ from what its own ``yaml`` builds (the dense architecture)."""
+    dense = DetectionModel(copy.deepcopy(model.yaml), nc=model.model[-1].nc, verbose=False)
+    return conv_widths(dense) != conv_widths(model)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch_pruning as tp
 from torch import nn
+from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
 from .criteria import NEEDS_SCORES, build_importance
@@ -45,13 +46,15 @@ def _trainable(model: nn.Module):
             p.requires_grad_(flag)
 
 
-def _forget_dense_training_state(model) -> None:
-    """Drop the EMA and optimizer state a loaded checkpoint carries: they belong to the dense model."""
-    ckpt = getattr(model, "ckpt", None)
-    if isinstance(ckpt, dict):
-        for key in ("ema", "optimizer"):
-            if key in ckpt:
-                ckpt[key] = None
+def _sync_checkpoint(model, det: nn.Module) -> None:
+    """Keep a ``YOLO`` object's checkpoint dict consistent with its pruned module.
+
+    The EMA and optimizer state of a loaded checkpoint belong to the dense model, so they go. And
+    ``YOLO.train()`` hands its in-memory module to the trainer only when ``ckpt`` is non-empty (otherwise
+    it rebuilds from the yaml), so a model built from a yaml gets one.
+    """
+    if isinstance(model, Model):
+        model.ckpt = {**(model.ckpt or {}), "model": det, "ema": None, "optimizer": None}
 
 
 def prune(
@@ -132,7 +135,7 @@ def prune(
             )
             pruner.step()
     seconds_pruning = time.perf_counter() - t1
-    _forget_dense_training_state(model)
+    _sync_checkpoint(model, det)
 
     macs_after, params_after = macs_and_params(det, imgsz)
     widths_after = conv_widths(det)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,9 +71,6 @@ class PruneReport:
         """Plain dict, with the reductions, for JSON."""
         return {**asdict(self), "macs_reduction": self.macs_reduction, "params_reduction": self.params_reduction}
 
-    def save_json(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     def summary(self) -> str:
         """One line: MACs and params before -> after, and the time taken."""
@@ -81,3 +80,63 @@ class PruneReport:
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"pruning {self.seconds_pruning:.1f}s"
         )
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Write a file through ``write(tmp_path)`` to a temporary file beside it, then rename: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(data: dict, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+
+
+def stage_table(stages: dict[str, dict]) -> str:
+    """Table of MACs (G), params (M), mAP50 and mAP50-95 per stage, with the reductions against the first stage."""
+    head = f"{'stage':<11}{'GMACs':>9}{'Mparams':>10}{'mAP50':>9}{'mAP50-95':>10}"
+    lines = [head, "-" * len(head)]
+    for name, s in stages.items():
+        lines.append(
+            f"{name:<11}{s['macs'] / 1e9:>9.3f}{s['params'] / 1e6:>10.3f}{_fmt(s.get('map50')):>9}{_fmt(s.get('map')):>10}"
+        )
+    first, last = next(iter(stages.values())), list(stages.values())[-1]
+    macs_cut, params_cut = 1 - last["macs"] / first["macs"], 1 - last["params"] / first["params"]
+    lines.append(f"{'reduction':<11}{-macs_cut:>9.1%}{-params_cut:>10.1%}")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def plot_channels(channels: dict[str, list[int]], path: str | Path, title: str = "") -> Path:
+    """Bar chart of output channels per conv block, dense against pruned, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(channels)
+    before, after = zip(*(channels[n] for n in names))
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.18), 4.5), tight_layout=True)
+    x = range(len(names))
+    ax.bar(x, before, color="#c8c8c8", label="dense")
+    ax.bar(x, after, color="#1f77b4", label="pruned")
+    ax.set_xticks(list(x), [n.removeprefix("model.") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("output channels")
+    ax.set_title(title or "channels kept per conv block")
+    ax.legend()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(path)
