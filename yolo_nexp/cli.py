@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from ultralytics.cfg import DEFAULT_CFG_DICT, parse_key_value_pair
+from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, parse_key_value_pair
 from ultralytics.utils import LOGGER
 
 MODES = ("prune",)
@@ -88,6 +88,11 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
             ultralytics[key] = value
         else:
             raise UsageError(f"unknown argument '{key}': not a yolo-nexp or Ultralytics argument; see 'yolo-nexp help'.")
+    # Ultralytics' own type and range checks, up front so a bad value fails before anything is written.
+    try:
+        check_cfg({k: v for k, v in ultralytics.items() if not (k == "epochs" and v == 0)})  # epochs=0: prune only
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e).replace("ERROR ❌ ", "")) from None
     return plugin, ultralytics
 
 

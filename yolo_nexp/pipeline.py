@@ -62,7 +62,7 @@ def load_model(model: str, data: dict) -> YOLO:
 
 def _validate(yolo: YOLO, overrides: dict, save_dir: Path, stage: str) -> dict:
     """mAP50 and mAP50-95 of ``yolo`` on the data's val split, with its MACs and params."""
-    args = {k: v for k, v in overrides.items() if k not in ("model", "project", "name", "exist_ok", "plots")}
+    args = {k: v for k, v in overrides.items() if k not in ("model", "project", "name", "exist_ok", "plots", "epochs")}
     metrics = yolo.val(**args, project=str(save_dir), name=f"val-{stage}", exist_ok=True, plots=False, verbose=False)
     return _stage(yolo, overrides["imgsz"], metrics)
 
