@@ -6,5 +6,6 @@ from .nexp import score
 from .pruner import prune
 from .report import PruneReport
 from .trainer import NexpTrainer
+from .callback import NexpPruneCallback, attach
 
-__all__ = ["__version__", "NexpTrainer", "PruneReport", "prune", "score"]
+__all__ = ["__version__", "NexpPruneCallback", "NexpTrainer", "PruneReport", "attach", "prune", "score"]

@@ -35,15 +35,18 @@ class ChannelPruner(tp.pruner.BasePruner):
 
 @contextmanager
 def _trainable(model: nn.Module):
-    """Let every parameter require grad (Torch-Pruning traces through autograd), then restore the flags."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
+    """Let every parameter require grad (Torch-Pruning traces through autograd), then restore the flags by name.
+
+    By name, because pruning replaces the parameter objects.
+    """
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
         p.requires_grad_(True)
     try:
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags.get(name, True))
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:

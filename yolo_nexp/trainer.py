@@ -14,6 +14,26 @@ from ultralytics.utils import LOGGER, RANK
 from .graph import is_pruned
 
 
+def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
+    """``trainer.get_model`` that returns a pruned ``weights`` module as it is, else ``fallback(cfg, weights)``.
+
+    Raises:
+        ValueError: If a pruned model's class count differs from the data's (its head cannot be rebuilt).
+    """
+    if not (isinstance(weights, DetectionModel) and is_pruned(weights)):
+        return fallback(cfg=cfg, weights=weights, verbose=verbose)
+    nc = weights.model[-1].nc
+    if nc != trainer.data["nc"]:
+        raise ValueError(
+            f"data: the pruned model predicts {nc} classes but '{trainer.args.data}' has {trainer.data['nc']}. "
+            f"Prune a model trained on this data, or use data with {nc} classes."
+        )
+    if verbose and RANK in {-1, 0}:
+        n = sum(p.numel() for p in weights.parameters())
+        LOGGER.info(f"yolo-nexp: training the pruned model as it is ({n:,} parameters)")
+    return trainer.set_model_names_for_load(weights.float())
+
+
 class NexpTrainer(DetectionTrainer):
     """Fine-tune, and resume, a pruned YOLOv8 without losing its architecture.
 
@@ -24,19 +44,5 @@ class NexpTrainer(DetectionTrainer):
     """
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
-        """The pruned ``weights`` module itself; otherwise the stock model built from ``cfg``.
-
-        Raises:
-            ValueError: If a pruned model's class count differs from the data's (its head cannot be rebuilt).
-        """
-        if isinstance(weights, DetectionModel) and is_pruned(weights):
-            nc = weights.model[-1].nc
-            if nc != self.data["nc"]:
-                raise ValueError(
-                    f"data: the pruned model predicts {nc} classes but '{self.args.data}' has "
-                    f"{self.data['nc']}. Prune a model trained on this data, or use data with {nc} classes."
-                )
-            if verbose and RANK in {-1, 0}:
-                LOGGER.info(f"NexpTrainer: training the pruned model as it is ({sum(p.numel() for p in weights.parameters()):,} parameters)")
-            return self.set_model_names_for_load(weights.float())
-        return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        """The pruned ``weights`` module itself; otherwise the stock model built from ``cfg``."""
+        return keep_pruned_get_model(self, super().get_model, cfg=cfg, weights=weights, verbose=verbose)
