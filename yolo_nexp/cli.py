@@ -14,6 +14,8 @@ import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, parse_key_value_pair
 from ultralytics.utils import LOGGER
 
+from .pruner import check_prune_args
+
 MODES = ("prune",)
 USAGE = """yolo-nexp: prune Ultralytics YOLOv8 detectors by Neural Expressiveness (NEXP).
 
@@ -81,13 +83,23 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
         cli[key] = value
     recipe = _load_recipe(cli.pop("cfg")) if "cfg" in cli else {}
     plugin, ultralytics = load_defaults()
-    for key, value in {**recipe, **cli}.items():
+    given = {**recipe, **cli}
+    if given.get("macs") is not None and "ratio" not in given:
+        plugin["ratio"] = None  # a MACs target replaces the default ratio
+    for key, value in given.items():
         if key in plugin:
             plugin[key] = value
         elif key in DEFAULT_CFG_DICT:
             ultralytics[key] = value
         else:
             raise UsageError(f"unknown argument '{key}': not a yolo-nexp or Ultralytics argument; see 'yolo-nexp help'.")
+    if not isinstance(plugin["trust"], bool):
+        raise UsageError(f"trust must be True or False; got {plugin['trust']!r}.")
+    try:
+        check_prune_args(plugin["ratio"], plugin["macs"], plugin["criterion"], plugin["alpha"], plugin["round_to"],
+                         plugin["batches"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     # Ultralytics' own type and range checks, up front so a bad value fails before anything is written.
     try:
         check_cfg({k: v for k, v in ultralytics.items() if not (k == "epochs" and v == 0)})  # epochs=0: prune only
@@ -113,12 +125,15 @@ def entrypoint(argv: list[str] | None = None) -> int:
     if mode not in MODES:
         LOGGER.error(f"yolo-nexp: unknown mode '{mode}', expected one of {', '.join(MODES)}; see 'yolo-nexp help'.")
         return 2
+    verbose = any(p.replace(" ", "").lower() == "verbose=true" for p in pairs)  # tracebacks only when asked
     try:
         plugin, overrides = parse_args(pairs)
         from .pipeline import run_prune
 
         run_prune(plugin, overrides, command=" ".join(["yolo-nexp", *argv]))
-    except (UsageError, ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, TypeError) as e:  # UsageError is a ValueError
+        if verbose:
+            LOGGER.exception("yolo-nexp: traceback")
         LOGGER.error(f"yolo-nexp: {e}")
         return 2
     except KeyboardInterrupt:

@@ -74,6 +74,12 @@ def _mean_one(x: torch.Tensor) -> torch.Tensor:
     return x / x.mean().clamp(min=1e-12)
 
 
+def check_criterion(criterion: str) -> None:
+    """Raise ValueError naming the choices if ``criterion`` is unknown."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion: unknown '{criterion}', choose one of {', '.join(CRITERIA)}.")
+
+
 def build_importance(criterion: str, conv_scores: dict[nn.Module, torch.Tensor] | None = None, alpha: float = 0.5):
     """The importance object for ``criterion``.
 
@@ -82,8 +88,7 @@ def build_importance(criterion: str, conv_scores: dict[nn.Module, torch.Tensor] 
         conv_scores (dict[nn.Conv2d, torch.Tensor] | None): NEXP per ``nn.Conv2d``, needed by nexp and hybrid.
         alpha (float): NEXP weight of the hybrid criterion.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion: unknown '{criterion}', choose one of {', '.join(CRITERIA)}.")
+    check_criterion(criterion)
     if criterion in NEEDS_SCORES:
         if conv_scores is None:
             raise ValueError(f"criterion '{criterion}' needs NEXP scores.")

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2f, Conv, Detect
+from ultralytics.nn.modules import SPPF, C2f, Concat, Conv, Detect
 from ultralytics.nn.tasks import DetectionModel
 
 
@@ -27,14 +27,23 @@ def detection_model(model) -> DetectionModel:
     """The ``DetectionModel`` of an Ultralytics ``YOLO`` object (or the model itself).
 
     Raises:
-        TypeError: If it is not a YOLOv8-style detection model with a plain ``Detect`` head.
+        TypeError: If it is not a YOLOv8-style detection model: a plain ``Detect`` head and YOLOv8's blocks only.
     """
     inner = getattr(model, "model", None)
     det = inner if isinstance(inner, DetectionModel) else model
     head = det.model[-1] if isinstance(det, DetectionModel) else None
     if type(head) is not Detect:  # Segment/Pose/OBB subclass Detect but carry extra branches
         found = type(head).__name__ if head is not None else type(det).__name__
-        raise TypeError(f"model: expected a YOLOv8-style detection model (Detect head), got {found}.")
+        raise TypeError(
+            f"model: yolo-nexp prunes YOLOv8 detection models (Detect head); this one is {found}. "
+            f"Use a YOLOv8 detection model, e.g. model=yolov8n.yaml or a detection .pt."
+        )
+    others = sorted({type(m).__name__ for m in det.model if type(m) not in YOLOV8_BLOCKS})
+    if others:
+        raise TypeError(
+            f"model: contains {', '.join(others)}, which is not a YOLOv8 block; yolo-nexp prunes YOLOv8 detection "
+            f"models (Conv, C2f, SPPF, Concat, Upsample, Detect)."
+        )
     return det
 
 
@@ -114,6 +123,10 @@ class C2fSplit(nn.Module):
         if "np" in self.stock_attrs:
             c2f.np = sum(p.numel() for p in c2f.parameters())
         return c2f
+
+
+# Top-level blocks of YOLOv8 detection models (n/s/m/l/x, p2/p6): the dependencies handled here.
+YOLOV8_BLOCKS = (Conv, C2f, C2fSplit, SPPF, Concat, nn.Upsample, Detect)
 
 
 def _replace_modules(model: nn.Module, kind: type, convert) -> int:

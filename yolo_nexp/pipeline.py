@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,11 +11,15 @@ from ultralytics import YOLO
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, SETTINGS
+from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.files import increment_path
+
+from .data import image_files
 
 from .graph import detection_model
 from .pruner import prune
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
+from .safety import check_checkpoint
 from .synthetic import make_dataset
 from .trainer import NexpTrainer
 
@@ -41,23 +46,67 @@ def run_dir(project, name: str) -> Path:
     return increment_path(project / name, exist_ok=False, mkdir=True).resolve()
 
 
-def load_model(model: str, data: dict) -> YOLO:
-    """A ``YOLO`` for a checkpoint, or for a yaml built with the data's class count (as Ultralytics' trainer does).
+def check_data(data: str) -> dict:
+    """The parsed data yaml, or a one-line error naming what is wrong with it.
 
     Raises:
-        ValueError: If a checkpoint's class count differs from the data's.
+        ValueError: If the yaml is missing, empty or malformed, or a split it names holds no images.
     """
-    yolo = YOLO(model)
+    try:
+        info = check_det_dataset(data, autodownload=False)
+    except Exception as e:  # Ultralytics raises FileNotFoundError, SyntaxError, KeyError... with multi-line text
+        raise ValueError(f"data: {_first_line(e)}") from None
+    for split in ("train", "val"):
+        try:
+            found = image_files(info[split])
+        except FileNotFoundError:
+            found = []
+        if not found:
+            raise ValueError(f"data: the {split} split of '{data}' holds no images ({info[split]}).")
+    return info
+
+
+def load_model(model: str, data: dict, trust: bool = False) -> YOLO:
+    """A ``YOLO`` for a checkpoint, or for a yaml built with the data's class count (as Ultralytics' trainer does).
+
+    A checkpoint is inspected before it is unpickled (see :mod:`yolo_nexp.safety`). An official asset
+    name that is not a local file is downloaded by Ultralytics where a network is available.
+
+    Raises:
+        FileNotFoundError: If the model file does not exist (and cannot be downloaded).
+        ValueError: If it is not a loadable checkpoint, refers to untrusted code, or its class count differs.
+        TypeError: If it is not a YOLOv8 detection model.
+    """
+    path = Path(model)
+    if path.suffix == ".pt":
+        if not path.exists() and path.name in GITHUB_ASSETS_NAMES:
+            try:
+                path = Path(attempt_download_asset(path))
+            except Exception as e:
+                raise FileNotFoundError(f"model: '{model}' is not a local file and could not be downloaded ({_first_line(e)}).") from None
+        check_checkpoint(path, trust=trust)
+    elif path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"model: '{model}' is neither a .pt checkpoint nor a model .yaml.")
+    try:
+        yolo = YOLO(str(path))
+    except Exception as e:
+        raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
     det = detection_model(yolo)
-    if str(model).endswith((".yaml", ".yml")):
+    nc = det.model[-1].nc
+    if path.suffix != ".pt":
         yolo.model = DetectionModel(det.yaml, nc=data["nc"], verbose=False)
         yolo.model.names = data["names"]
-    elif det.nc != data["nc"]:
+    elif nc != data["nc"]:
         raise ValueError(
-            f"data: model '{model}' predicts {det.nc} classes but the data has {data['nc']}; "
+            f"data: model '{model}' predicts {nc} classes but the data has {data['nc']}; "
             f"train it on this data first (yolo train model={model} data=...), then prune the result."
         )
     return yolo
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's text, without Ultralytics' emoji prefix."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].replace("ERROR ❌️ ", "").replace("ERROR ❌ ", "")
 
 
 def _validate(yolo: YOLO, overrides: dict, save_dir: Path, stage: str) -> dict:
@@ -72,6 +121,27 @@ def _stage(yolo: YOLO, imgsz: int, metrics) -> dict:
     return {"macs": macs, "params": params, "map50": float(metrics.box.map50), "map": float(metrics.box.map)}
 
 
+def _default_name(model: str, plugin: dict) -> str:
+    """``<model stem>-<criterion><ratio %>``, or ``...-macs<target %>`` for a MACs target."""
+    amount = f"macs{round(plugin['macs'] * 100)}" if plugin["macs"] is not None else round(plugin["ratio"] * 100)
+    return f"{Path(model).stem}-{plugin['criterion']}{amount}"
+
+
+def _finetune(yolo: YOLO, overrides: dict, save_dir: Path):
+    """Fine-tune with :class:`NexpTrainer` in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
+
+    Before the first epoch ends Ultralytics has written no ``last.pt``; the pruned model stands in for it.
+    """
+    try:
+        return yolo.train(trainer=NexpTrainer, **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+    except KeyboardInterrupt:
+        weights = save_dir / "weights"
+        if not (weights / "last.pt").exists():
+            atomic_write(weights / "last.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
+        LOGGER.warning(f"yolo-nexp: interrupted; {weights / 'last.pt'} holds the pruned model.")
+        raise
+
+
 def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     """Run the whole job and return the report written to ``<save_dir>/report.json``.
 
@@ -83,11 +153,11 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     t_start = time.perf_counter()
     overrides = {"imgsz": 640, "batch": 16, "seed": 0, **overrides}
     overrides["data"] = resolve_data(overrides.get("data"))
-    data = check_det_dataset(overrides["data"], autodownload=False)
+    data = check_data(overrides["data"])
     model_arg = str(overrides.pop("model"))
-    yolo = load_model(model_arg, data)
-    name = overrides.pop("name", None) or f"{Path(model_arg).stem}-{plugin['criterion']}{round(plugin['ratio'] * 100)}"
-    save_dir = run_dir(overrides.pop("project", None), name)
+    yolo = load_model(model_arg, data, trust=plugin["trust"])
+    # Everything is checked: only now is anything written.
+    save_dir = run_dir(overrides.pop("project", None), overrides.pop("name", None) or _default_name(model_arg, plugin))
     LOGGER.info(f"yolo-nexp: run folder {save_dir}")
 
     stages = {"dense": _validate(yolo, overrides, save_dir, "dense")}
@@ -103,6 +173,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         round_to=plugin["round_to"],
         alpha=plugin["alpha"],
         global_pruning=plugin["global_pruning"],
+        macs=plugin["macs"],
         seed=overrides["seed"],
     )
     atomic_write(save_dir / "weights" / "pruned.pt", yolo.save)
@@ -110,7 +181,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
 
     t_train = time.perf_counter()
     if overrides.get("epochs", 0) > 0:
-        metrics = yolo.train(trainer=NexpTrainer, **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+        metrics = _finetune(yolo, overrides, save_dir)
         stages["finetuned"] = _stage(yolo, overrides["imgsz"], metrics)  # yolo now holds best.pt, validated by the trainer
         if stages["finetuned"]["params"] != stages["pruned"]["params"]:
             raise RuntimeError("fine-tuning changed the architecture: best.pt does not hold the pruned model.")

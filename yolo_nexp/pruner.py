@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 
@@ -11,12 +12,13 @@ from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
-from .criteria import NEEDS_SCORES, build_importance
-from .graph import c2f_split, conv_widths, detection_model, never_pruned, traceable_head
+from .criteria import NEEDS_SCORES, build_importance, check_criterion
+from .graph import C2fSplit, c2f_split, conv_widths, detection_model, never_pruned, traceable_head
 from .nexp import score
 from .report import PruneReport, macs_and_params
 
-TRACE_SIZE = 64  # input size for dependency tracing: any multiple of the largest stride gives the same graph
+TRACE_SIZE = 64  # input size for tracing and the MACs search: any multiple of 32 gives the same graph and MACs ratios
+MAX_RATIO = 0.95  # the MACs-target search looks for a ratio in [0, MAX_RATIO]
 
 
 class ChannelPruner(tp.pruner.BasePruner):
@@ -31,6 +33,33 @@ class ChannelPruner(tp.pruner.BasePruner):
         keep = current_channels - n_pruned
         keep = max(keep - keep % round_to, min(round_to, current_channels))
         return current_channels - keep
+
+
+def check_prune_args(
+    ratio=None, macs=None, criterion: str = "nexp", alpha: float = 0.5, round_to: int = 8, batches: int = 4
+) -> None:
+    """Validate pruning arguments before any work is done; every message names the argument and what to give.
+
+    Raises:
+        ValueError: For the first argument that is out of range or of the wrong type.
+    """
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if ratio is not None and macs is not None:
+        raise ValueError("ratio and macs: give one of them, not both (ratio removes channels, macs targets MACs).")
+    if ratio is not None and not (number(ratio) and 0.0 <= ratio < 1.0):
+        raise ValueError(f"ratio must be a number in [0, 1), e.g. ratio=0.5; got {ratio!r}.")
+    if macs is not None and not (number(macs) and 0.0 < macs < 1.0):
+        raise ValueError(f"macs must be the fraction of MACs to remove, in (0, 1), e.g. macs=0.46; got {macs!r}.")
+    check_criterion(criterion)
+    if not (number(alpha) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1] (1 = pure NEXP); got {alpha!r}.")
+    if not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+        raise ValueError(f"round_to must be a whole number >= 1 (1 disables rounding); got {round_to!r}.")
+    if not (isinstance(batches, int) and not isinstance(batches, bool) and batches >= 1):
+        raise ValueError(f"batches must be a whole number >= 1; got {batches!r}.")
 
 
 @contextmanager
@@ -60,9 +89,56 @@ def _sync_checkpoint(model, det: nn.Module) -> None:
         model.ckpt = {**(model.ckpt or {}), "model": det, "ema": None, "optimizer": None}
 
 
+def _equalize_c2f_halves(pruner: ChannelPruner, det: nn.Module) -> None:
+    """Prune the wider half of every split C2f down to the narrower one's width, lowest importance first.
+
+    Layer-uniform pruning keeps both halves equal by itself; global ranking may not, and a stock
+    ``C2f`` (whose ``chunk`` splits in two equal halves) needs them equal.
+    """
+    for m in det.modules():
+        if isinstance(m, C2fSplit) and m.cv0.conv.out_channels != m.cv1.conv.out_channels:
+            wide, narrow = sorted((m.cv0.conv, m.cv1.conv), key=lambda c: c.out_channels, reverse=True)
+            group = pruner.DG.get_pruning_group(wide, tp.prune_conv_out_channels, list(range(wide.out_channels)))
+            imp = pruner.estimate_importance(group)
+            drop = torch.argsort(imp)[: wide.out_channels - narrow.out_channels].tolist()
+            pruner.DG.get_pruning_group(wide, tp.prune_conv_out_channels, drop).prune()
+
+
+def _apply(det: nn.Module, ratio: float, importance, round_to: int, global_pruning: bool, seed: int) -> None:
+    """Prune a model whose C2f blocks are split: trace, rank groups, remove channels."""
+    param = next(det.parameters())
+    example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE, device=param.device, dtype=param.dtype)
+    with _trainable(det), traceable_head(det), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the random criterion, reproducibly
+        pruner = ChannelPruner(
+            det,
+            example_inputs=example,
+            importance=importance,
+            pruning_ratio=float(ratio),
+            ignored_layers=never_pruned(det),
+            round_to=round_to,
+            global_pruning=global_pruning,
+        )
+        pruner.step()
+        _equalize_c2f_halves(pruner, det)
+
+
+def _ratio_for_macs(det: nn.Module, target: float, importance_for, round_to: int, global_pruning: bool, seed: int):
+    """Bisection on trial copies for the smallest ratio that removes at least ``target`` of the MACs."""
+    dense_macs, _ = macs_and_params(det, TRACE_SIZE)
+    lo, hi = 0.0, MAX_RATIO
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(det)
+        _apply(trial, mid, importance_for(trial), round_to, global_pruning, seed)
+        cut = 1 - macs_and_params(trial, TRACE_SIZE)[0] / dense_macs
+        lo, hi = (mid, hi) if cut < target else (lo, mid)
+    return hi
+
+
 def prune(
     model,
-    ratio: float = 0.5,
+    ratio: float | None = None,
     criterion: str = "nexp",
     source="noise",
     batches: int = 4,
@@ -71,6 +147,7 @@ def prune(
     round_to: int = 8,
     alpha: float = 0.5,
     global_pruning: bool = False,
+    macs: float | None = None,
     seed: int = 0,
     verbose: bool = True,
 ) -> PruneReport:
@@ -78,11 +155,13 @@ def prune(
 
     Every Ultralytics ``Conv`` block of backbone, neck and Detect head is prunable; the last conv of
     each Detect branch and DFL are not. C2f, SPPF, neck concats and residuals stay consistent, and
-    the result is made of stock Ultralytics and torch modules only.
+    the result is made of stock Ultralytics and torch modules only. Every layer keeps at least
+    ``round_to`` channels (or all it has, if fewer).
 
     Args:
         model (ultralytics.YOLO | DetectionModel): The model to prune (modified in place).
-        ratio (float): Fraction of channels to remove from every prunable group, in [0, 1).
+        ratio (float | None): Fraction of channels to remove from every prunable group, in [0, 1); 0.5 when
+            neither ``ratio`` nor ``macs`` is given.
         criterion (str): ``nexp``, ``hybrid``, ``l1``, ``l2``, ``tp``, ``bn`` or ``random``.
         source (str | Path | Iterable): Calibration data for NEXP (see :func:`yolo_nexp.score`).
         batches (int): Calibration batches for NEXP.
@@ -91,6 +170,7 @@ def prune(
         round_to (int): Keep channel counts at multiples of this (hardware-friendly widths); 1 disables.
         alpha (float): NEXP weight of the ``hybrid`` criterion.
         global_pruning (bool): Rank channels across layers instead of removing ``ratio`` from each.
+        macs (float | None): Instead of ``ratio``: the fraction of MACs to remove; the ratio is found by search.
         seed (int): Seed for calibration sampling, noise and the ``random`` criterion.
         verbose (bool): Log progress and a summary.
 
@@ -104,44 +184,35 @@ def prune(
         >>> report = yolo_nexp.prune(model, ratio=0.5, source="noise", imgsz=320)
         >>> model.save("yolov8n-nexp50.pt")
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}.")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a whole number >= 1, got {round_to!r}.")
+    check_prune_args(ratio, macs, criterion, alpha, round_to, batches)
     det = detection_model(model)
-    build_importance(criterion, {}, alpha)  # validate criterion and alpha before any work
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
-    param = next(det.parameters())
     seconds_scoring = 0.0
 
     t0 = time.perf_counter()
-    with c2f_split(det), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        conv_scores = None
+    with c2f_split(det):
+        scores = None
         if criterion in NEEDS_SCORES:
             scores = score(det, source, batches=batches, imgsz=imgsz, batch=batch, seed=seed, verbose=verbose)
-            conv_scores = {det.get_submodule(name).conv: s for name, s in scores.items()}
             seconds_scoring = time.perf_counter() - t0
+
+        def importance_for(m: nn.Module):
+            conv_scores = scores and {m.get_submodule(name).conv: s for name, s in scores.items()}
+            return build_importance(criterion, conv_scores, alpha)
+
         t1 = time.perf_counter()
-        importance = build_importance(criterion, conv_scores, alpha)
-        example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE, device=param.device, dtype=param.dtype)
-        with _trainable(det), traceable_head(det):
-            pruner = ChannelPruner(
-                det,
-                example_inputs=example,
-                importance=importance,
-                pruning_ratio=float(ratio),
-                ignored_layers=never_pruned(det),
-                round_to=round_to,
-                global_pruning=global_pruning,
-            )
-            pruner.step()
+        if macs is not None:
+            ratio = _ratio_for_macs(det, macs, importance_for, round_to, global_pruning, seed)
+        elif ratio is None:
+            ratio = 0.5
+        _apply(det, ratio, importance_for(det), round_to, global_pruning, seed)
     seconds_pruning = time.perf_counter() - t1
     _sync_checkpoint(model, det)
 
     macs_after, params_after = macs_and_params(det, imgsz)
     widths_after = conv_widths(det)
+    channels = {name: [widths_before[name], widths_after[name]] for name in widths_before}
     report = PruneReport(
         criterion=criterion,
         ratio=float(ratio),
@@ -151,10 +222,15 @@ def prune(
         macs_after=macs_after,
         params_before=params_before,
         params_after=params_after,
-        channels={name: [widths_before[name], widths_after[name]] for name in widths_before},
+        channels=channels,
+        floored=[name for name, (b, a) in channels.items() if a == min(round_to, b) < b],
+        global_pruning=global_pruning,
+        macs_target=macs,
         seconds_scoring=seconds_scoring,
         seconds_pruning=seconds_pruning,
     )
     if verbose:
         LOGGER.info(f"yolo-nexp: {report.summary()}")
+        if report.floored:
+            LOGGER.warning(f"yolo-nexp: {len(report.floored)} layers kept only their floor of channels: {', '.join(report.floored)}")
     return report

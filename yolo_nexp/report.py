@@ -41,6 +41,9 @@ class PruneReport:
         params_before (int): Parameters of the dense model.
         params_after (int): Parameters of the pruned model.
         channels (dict[str, list[int]]): ``{conv block name: [channels before, channels after]}``.
+        floored (list[str]): Layers cut down to their floor (``round_to`` channels, or 1) and no further.
+        global_pruning (bool): Channels were ranked across layers rather than per group.
+        macs_target (float | None): Fraction of MACs asked for; ``ratio`` is then the one found by search.
         seconds_scoring (float): Wall time of NEXP scoring (0 for criteria that need no data).
         seconds_pruning (float): Wall time of the structural pruning itself.
     """
@@ -54,6 +57,9 @@ class PruneReport:
     params_before: int
     params_after: int
     channels: dict[str, list[int]] = field(default_factory=dict)
+    floored: list[str] = field(default_factory=list)
+    global_pruning: bool = False
+    macs_target: float | None = None
     seconds_scoring: float = 0.0
     seconds_pruning: float = 0.0
 

@@ -7,6 +7,8 @@ pruned module itself; for a dense model it behaves exactly like the stock traine
 
 from __future__ import annotations
 
+import os
+
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
@@ -46,3 +48,22 @@ class NexpTrainer(DetectionTrainer):
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
         """The pruned ``weights`` module itself; otherwise the stock model built from ``cfg``."""
         return keep_pruned_get_model(self, super().get_model, cfg=cfg, weights=weights, verbose=verbose)
+
+    def save_model(self):
+        """Ultralytics' ``save_model``, but ``last.pt``/``best.pt`` are written to temporary files and renamed.
+
+        A crash or a full disk mid-write then leaves the previous checkpoint intact instead of a truncated one.
+        """
+        final = {"last": self.last, "best": self.best}
+        temporary = {k: p.with_name(f".{p.stem}.partial{p.suffix}") for k, p in final.items()}
+        self.last, self.best = temporary["last"], temporary["best"]
+        try:
+            saved = super().save_model()
+            for key, tmp in temporary.items():
+                if tmp.exists():
+                    os.replace(tmp, final[key])
+        finally:
+            self.last, self.best = final["last"], final["best"]
+            for tmp in temporary.values():
+                tmp.unlink(missing_ok=True)
+        return saved
