@@ -109,3 +109,26 @@ def test_bad_ratio_is_rejected(yolov8n, bad):
 def test_unknown_criterion_is_rejected(yolov8n):
     with pytest.raises(ValueError, match="criterion"):
         yolo_nexp.prune(yolov8n, criterion="magic", imgsz=IMGSZ, verbose=False)
+
+
+@pytest.mark.parametrize("scale", ["n", "s"])
+@pytest.mark.parametrize("criterion", ["nexp", "l1", "random"])
+def test_global_pruning_keeps_c2f_halves_equal(scale, criterion):
+    model = YOLO(f"yolov8{scale}.yaml")
+    report = yolo_nexp.prune(model, ratio=0.5, criterion=criterion, global_pruning=True, imgsz=IMGSZ, batches=1,
+                             batch=2, verbose=False)
+    det = model.model
+    assert report.macs_after < report.macs_before
+    assert _outputs(det, torch.rand(1, 3, IMGSZ, IMGSZ)).shape[1] == 84
+    for m in det.modules():
+        if isinstance(m, C2f):
+            assert m.cv1.conv.out_channels == 2 * m.c
+    widths = [after / before for before, after in report.channels.values()]
+    assert max(widths) - min(widths) > 0.1  # global ranking does allocate different ratios to different layers
+
+
+@pytest.mark.parametrize("target", [0.46, 0.7])
+def test_macs_target(yolov8n, target):
+    report = yolo_nexp.prune(yolov8n, macs=target, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    assert target <= report.macs_reduction < target + 0.06
+    assert report.macs_target == target and 0 < report.ratio < 1

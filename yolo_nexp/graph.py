@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 from ultralytics.nn.modules import SPPF, C2f, Concat, Conv, Detect
+from ultralytics.engine.model import Model
 from ultralytics.nn.tasks import DetectionModel
 
 
@@ -29,13 +30,13 @@ def detection_model(model) -> DetectionModel:
     Raises:
         TypeError: If it is not a YOLOv8-style detection model: a plain ``Detect`` head and YOLOv8's blocks only.
     """
-    inner = getattr(model, "model", None)
-    det = inner if isinstance(inner, DetectionModel) else model
-    head = det.model[-1] if isinstance(det, DetectionModel) else None
-    if type(head) is not Detect:  # Segment/Pose/OBB subclass Detect but carry extra branches
+    det = model.model if isinstance(model, Model) else model
+    layers = getattr(det, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    if not isinstance(det, DetectionModel) or type(head) is not Detect:  # Segment/Pose/OBB subclass Detect
         found = type(head).__name__ if head is not None else type(det).__name__
         raise TypeError(
-            f"model: yolo-nexp prunes YOLOv8 detection models (Detect head); this one is {found}. "
+            f"model: yolo-nexp prunes YOLOv8 detection models (Detect head); this one has {found}. "
             f"Use a YOLOv8 detection model, e.g. model=yolov8n.yaml or a detection .pt."
         )
     others = sorted({type(m).__name__ for m in det.model if type(m) not in YOLOV8_BLOCKS})

@@ -66,16 +66,14 @@ def check_data(data: str) -> dict:
     return info
 
 
-def load_model(model: str, data: dict, trust: bool = False) -> YOLO:
-    """A ``YOLO`` for a checkpoint, or for a yaml built with the data's class count (as Ultralytics' trainer does).
+def check_model_file(model: str, trust: bool = False) -> Path:
+    """The model's path, once a checkpoint has been inspected before unpickling (see :mod:`yolo_nexp.safety`).
 
-    A checkpoint is inspected before it is unpickled (see :mod:`yolo_nexp.safety`). An official asset
-    name that is not a local file is downloaded by Ultralytics where a network is available.
+    An official asset name that is not a local file is downloaded by Ultralytics where a network is available.
 
     Raises:
-        FileNotFoundError: If the model file does not exist (and cannot be downloaded).
-        ValueError: If it is not a loadable checkpoint, refers to untrusted code, or its class count differs.
-        TypeError: If it is not a YOLOv8 detection model.
+        FileNotFoundError: If the checkpoint does not exist (and cannot be downloaded).
+        ValueError: If it is not a readable checkpoint, refers to untrusted code, or is neither .pt nor .yaml.
     """
     path = Path(model)
     if path.suffix == ".pt":
@@ -83,10 +81,23 @@ def load_model(model: str, data: dict, trust: bool = False) -> YOLO:
             try:
                 path = Path(attempt_download_asset(path))
             except Exception as e:
-                raise FileNotFoundError(f"model: '{model}' is not a local file and could not be downloaded ({_first_line(e)}).") from None
+                raise FileNotFoundError(
+                    f"model: '{model}' is not a local file and could not be downloaded ({_first_line(e)})."
+                ) from None
         check_checkpoint(path, trust=trust)
     elif path.suffix not in (".yaml", ".yml"):
         raise ValueError(f"model: '{model}' is neither a .pt checkpoint nor a model .yaml.")
+    return path
+
+
+def load_model(path: Path, data: dict) -> YOLO:
+    """A ``YOLO`` for a checked checkpoint, or for a yaml built with the data's class count (as Ultralytics' trainer does).
+
+    Raises:
+        ValueError: If it cannot be loaded, or a checkpoint's class count differs from the data's.
+        TypeError: If it is not a YOLOv8 detection model.
+    """
+    model = str(path)
     try:
         yolo = YOLO(str(path))
     except Exception as e:
@@ -152,10 +163,11 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     """
     t_start = time.perf_counter()
     overrides = {"imgsz": 640, "batch": 16, "seed": 0, **overrides}
+    model_arg = str(overrides.pop("model"))
+    model_path = check_model_file(model_arg, trust=plugin["trust"])
     overrides["data"] = resolve_data(overrides.get("data"))
     data = check_data(overrides["data"])
-    model_arg = str(overrides.pop("model"))
-    yolo = load_model(model_arg, data, trust=plugin["trust"])
+    yolo = load_model(model_path, data)
     # Everything is checked: only now is anything written.
     save_dir = run_dir(overrides.pop("project", None), overrides.pop("name", None) or _default_name(model_arg, plugin))
     LOGGER.info(f"yolo-nexp: run folder {save_dir}")

@@ -136,6 +136,16 @@ def _ratio_for_macs(det: nn.Module, target: float, importance_for, round_to: int
     return hi
 
 
+def _floored(channels: dict[str, list[int]], ratio: float, round_to: int, global_pruning: bool) -> list[str]:
+    """Layers held at their floor (``round_to`` channels, or all they had) that the ratio would have cut further."""
+
+    def below_floor(before: int) -> bool:  # layer-uniform: the width the ratio asks for, rounded down as pruned
+        keep = int(before * (1 - ratio))
+        return global_pruning or keep - keep % round_to < min(round_to, before)
+
+    return [n for n, (b, a) in channels.items() if a == min(round_to, b) < b and below_floor(b)]
+
+
 def prune(
     model,
     ratio: float | None = None,
@@ -223,7 +233,7 @@ def prune(
         params_before=params_before,
         params_after=params_after,
         channels=channels,
-        floored=[name for name, (b, a) in channels.items() if a == min(round_to, b) < b],
+        floored=_floored(channels, ratio, round_to, global_pruning),
         global_pruning=global_pruning,
         macs_target=macs,
         seconds_scoring=seconds_scoring,

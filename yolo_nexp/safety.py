@@ -32,7 +32,10 @@ def checkpoint_globals(path: str | Path) -> set[str]:
                 raise ValueError("it holds no pickle")
             data = [z.read(n) for n in pickles]
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"model: '{path}' is not a PyTorch checkpoint ({e}); give a .pt saved by Ultralytics.") from None
+        raise ValueError(
+            f"model: '{path}' is not a readable PyTorch checkpoint (corrupt, truncated or another format: {e}); "
+            f"give a .pt saved by Ultralytics."
+        ) from None
     found = set()
     for blob in data:
         strings = []

@@ -1,0 +1,256 @@
+"""Bad input and faults: one clear line and exit code 2, nothing written, nothing lost, nothing unsafe loaded."""
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics import YOLO
+
+import yolo_nexp
+from yolo_nexp.cli import entrypoint
+from yolo_nexp.report import atomic_write
+from yolo_nexp.safety import check_checkpoint, untrusted_globals
+from yolo_nexp.trainer import NexpTrainer
+
+from .conftest import IMGSZ
+
+TINY = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0", "epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_data):
+    """Inputs for the error cases: broken checkpoints and data yamls."""
+    tmp_path = tmp_path_factory.mktemp("inputs")
+    f = {"data": str(tiny_data)}
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    f["text"] = tmp_path / "text.pt"
+    good = tmp_path / "good.pt"
+    YOLO("yolov8n.yaml").save(good)
+    f["truncated"] = tmp_path / "truncated.pt"
+    f["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    from ultralytics import RTDETR
+
+    f["rtdetr"] = tmp_path / "rtdetr-l.pt"
+    RTDETR("rtdetr-l.yaml").save(f["rtdetr"])
+    (tmp_path / "empty.yaml").write_text("")
+    f["empty_yaml"] = tmp_path / "empty.yaml"
+    (tmp_path / "noimg.yaml").write_text(f"path: {tmp_path}\ntrain: nowhere\nval: nowhere\nnames: {{0: a}}\n")
+    f["noimg_yaml"] = tmp_path / "noimg.yaml"
+    (tmp_path / "noimgs").mkdir()
+    (tmp_path / "emptydir.yaml").write_text(f"path: {tmp_path}\ntrain: noimgs\nval: noimgs\nnames: {{0: a}}\n")
+    f["emptydir_yaml"] = tmp_path / "emptydir.yaml"
+    return f
+
+
+CASES = {  # name: (arguments, words the one-line message must contain)
+    "ratio above 1": (["ratio=1.5"], ["ratio", "[0, 1)"]),
+    "ratio negative": (["ratio=-0.1"], ["ratio"]),
+    "ratio not a number": (["ratio=half"], ["ratio", "number"]),
+    "unknown criterion": (["criterion=magic"], ["criterion", "magic", "nexp"]),
+    "unknown argument": (["ratoi=0.5"], ["unknown argument", "ratoi"]),
+    "ratio and macs": (["ratio=0.5", "macs=0.4"], ["ratio and macs"]),
+    "batches below 1": (["batches=0"], ["batches", ">= 1"]),
+    "missing model": (["model={tmp}/missing.pt"], ["model", "not found"]),
+    "not a checkpoint": (["model={text}"], ["model", "not a readable PyTorch checkpoint"]),
+    "corrupt checkpoint": (["model={truncated}"], ["model", "corrupt"]),
+    "classification model": (["model=yolov8n-cls.yaml"], ["model", "detection", "Classify"]),
+    "segmentation model": (["model=yolov8n-seg.yaml"], ["model", "detection", "Segment"]),
+    "RT-DETR": (["model={rtdetr}"], ["model", "detection", "RTDETRDecoder"]),
+    "missing data": (["data={tmp}/nowhere.yaml"], ["data", "does not exist"]),
+    "empty data yaml": (["data={empty_yaml}"], ["data", "train"]),
+    "data without images": (["data={noimg_yaml}"], ["data", "not found"]),
+    "data with empty folders": (["data={emptydir_yaml}"], ["data", "no images"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_error_case(case, files, tmp_path, caplog):
+    args, words = CASES[case]
+    args = [a.format(tmp=tmp_path, **files) for a in args]
+    if not any(a.startswith("data=") for a in args):
+        args.append(f"data={files['data']}")
+    project = tmp_path / "runs"
+    inputs = [Path(v) for v in files.values()]
+    before = {p: p.stat().st_mtime_ns for p in inputs}
+    with caplog.at_level(logging.ERROR):
+        rc = entrypoint(["prune", *TINY, *args, f"project={project}"])
+    assert rc == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None  # one line, no traceback
+    message = errors[0].getMessage()
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+    assert not project.exists()  # nothing written
+    assert {p: p.stat().st_mtime_ns for p in inputs} == before  # inputs untouched
+
+
+def test_cli_process_exit_code_and_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("yolo-nexp")
+    out = subprocess.run([str(exe), "prune", "ratio=2", f"project={tmp_path}/runs"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "ratio" in out.stderr + out.stdout and "Traceback" not in out.stderr + out.stdout
+    verbose = subprocess.run([str(exe), "prune", "ratio=2", "verbose=True"], capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr + verbose.stdout  # asked for
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"ratio": 1.0}, "ratio"), ({"ratio": "x"}, "ratio"), ({"criterion": "foo"}, "criterion"),
+    ({"ratio": 0.5, "macs": 0.4}, "ratio and macs"), ({"batches": 0}, "batches"), ({"round_to": 0}, "round_to"),
+    ({"alpha": 2}, "alpha"), ({"macs": 1.2}, "macs"),
+])
+def test_api_errors(yolov8n, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        yolo_nexp.prune(yolov8n, imgsz=IMGSZ, verbose=False, **kwargs)
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n-cls.yaml", "yolov8n-seg.yaml", "yolo11n.yaml"])
+def test_api_rejects_non_yolov8_detection(cfg):
+    with pytest.raises(TypeError, match="YOLOv8"):
+        yolo_nexp.prune(YOLO(cfg), imgsz=IMGSZ, verbose=False)
+
+
+# --- Nothing lost -----------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def crash(tmp):
+        tmp.write_text("half of the new")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary left behind
+
+
+@pytest.fixture
+def pruned_pt(tmp_path, tiny_data):
+    assert entrypoint(["prune", f"data={tiny_data}", f"project={tmp_path}", "name=p", *TINY]) == 0
+    return tmp_path / "p" / "weights" / "pruned.pt"
+
+
+def n_params(path) -> int:
+    return sum(p.numel() for p in YOLO(path).model.parameters())
+
+
+def test_checkpoint_write_crash_leaves_previous_checkpoint(pruned_pt, tiny_data, tmp_path, monkeypatch):
+    """A crash while Ultralytics writes last.pt (epoch 1) leaves epoch 0's last.pt whole."""
+    real_write = Path.write_bytes
+    writes = {"n": 0}
+
+    def flaky_write(self, data):
+        if "last" in self.name:
+            writes["n"] += 1
+            if writes["n"] == 2:
+                real_write(self, data[: len(data) // 2])
+                raise OSError("No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", flaky_write)
+    with pytest.raises(OSError, match="No space"):
+        YOLO(pruned_pt).train(trainer=NexpTrainer, data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch=4, workers=0,
+                              project=str(tmp_path), name="crash", plots=False, val=False)
+    monkeypatch.undo()
+    last = tmp_path / "crash" / "weights" / "last.pt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    assert n_params(last) == n_params(pruned_pt)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]  # no partial file left
+
+
+@pytest.mark.parametrize("interrupt_epoch", [0, 1])
+def test_ctrl_c_during_finetuning_leaves_loadable_last_pt(tiny_data, tmp_path, monkeypatch, interrupt_epoch):
+    real = NexpTrainer.preprocess_batch
+
+    def interrupted(self, batch):
+        if self.epoch == interrupt_epoch:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(NexpTrainer, "preprocess_batch", interrupted)
+    argv = ["prune", f"data={tiny_data}", f"project={tmp_path}", "name=int", *TINY[:-1], "epochs=3"]
+    assert entrypoint(argv) == 130
+    weights = tmp_path / "int" / "weights"
+    assert n_params(weights / "last.pt") == n_params(weights / "pruned.pt")
+
+
+# --- Extreme ratios ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("round_to", [1, 8, 16])
+def test_no_layer_pruned_to_zero_and_floor_reported(yolov8n, round_to):
+    report = yolo_nexp.prune(yolov8n, ratio=0.95, round_to=round_to, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    for name, (before, after) in report.channels.items():
+        assert after >= min(round_to, before), name
+    assert report.floored and all(report.channels[n][1] == min(round_to, report.channels[n][0]) for n in report.floored)
+    assert yolov8n.model.eval()(torch.rand(1, 3, IMGSZ, IMGSZ))[0].shape[1] == 84
+
+
+# --- Safe loading -----------------------------------------------------------------------------------------------
+
+
+def _checkpoint_naming(tmp_path, module_name: str) -> Path:
+    """A checkpoint whose pickle references a class of a module named ``module_name`` (then gone from the process)."""
+    mod = types.ModuleType(module_name)
+
+    class Payload:
+        pass
+
+    Payload.__module__, Payload.__qualname__ = module_name, "Payload"
+    mod.Payload = Payload
+    sys.modules[module_name] = mod
+    try:
+        path = tmp_path / f"{module_name}.pt"
+        YOLO("yolov8n.yaml").save(path)
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["extra"] = Payload()
+        torch.save(ckpt, path)
+    finally:
+        del sys.modules[module_name]
+    return path
+
+
+def test_untrusted_checkpoint_is_refused_before_unpickling(tmp_path, tiny_data, monkeypatch, caplog):
+    path = _checkpoint_naming(tmp_path, "evil_pkg_nexp")
+    assert untrusted_globals(path) == ["evil_pkg_nexp.Payload"]
+    unpickled = []
+    monkeypatch.setattr(pickle, "Unpickler", lambda *a, **k: unpickled.append(1))  # any unpickling would show here
+    with pytest.raises(ValueError, match="evil_pkg_nexp.Payload"):
+        check_checkpoint(path)
+    assert not unpickled
+    monkeypatch.undo()
+    with caplog.at_level(logging.ERROR):
+        assert entrypoint(["prune", f"model={path}", f"data={tiny_data}", f"project={tmp_path}/runs", *TINY]) == 2
+    assert "trust=True" in caplog.text and not (tmp_path / "runs").exists()
+
+
+def test_trusted_checkpoint_passes_the_check(tmp_path):
+    path = _checkpoint_naming(tmp_path, "my_own_pkg")
+    check_checkpoint(path, trust=True)  # no error: the user vouched for it
+
+
+def test_pruned_checkpoint_passes_the_check(pruned_pt):
+    assert untrusted_globals(pruned_pt) == []
+
+
+# --- Determinism ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["noise", "images"])
+def test_same_seed_same_scores(yolov8n, tiny_data, source):
+    src = tiny_data.parent / "images" / "train" if source == "images" else "noise"
+    a = yolo_nexp.score(yolov8n, src, batches=2, imgsz=IMGSZ, batch=2, seed=5, verbose=False)
+    b = yolo_nexp.score(yolov8n, src, batches=2, imgsz=IMGSZ, batch=2, seed=5, verbose=False)
+    c = yolo_nexp.score(yolov8n, src, batches=2, imgsz=IMGSZ, batch=2, seed=6, verbose=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed does choose the calibration inputs
