@@ -14,13 +14,16 @@ import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, parse_key_value_pair
 from ultralytics.utils import LOGGER
 
+from .export import ParityError
 from .pruner import check_prune_args
 
-MODES = ("prune",)
+MODES = ("prune", "export")
 USAGE = """yolo-nexp: prune Ultralytics YOLOv8 detectors by Neural Expressiveness (NEXP).
 
 Usage:
     yolo-nexp prune [key=value ...]     score, prune, validate, fine-tune and report
+    yolo-nexp export model=pruned.pt [format=onnx imgsz=640 ...]
+                                        Ultralytics' export, then an ONNX-vs-PyTorch parity check
     yolo-nexp help                      this text
 
 Plugin arguments (defaults in configs/default.yaml):
@@ -116,7 +119,7 @@ def _usage() -> str:
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
-    """Run ``yolo-nexp``; returns the process exit code (0 ok, 2 bad arguments or inputs, 130 interrupted)."""
+    """Run ``yolo-nexp``; returns the exit code (0 ok, 1 export parity failed, 2 bad arguments or inputs, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("help", "--help", "-h"):
         print(_usage())
@@ -128,14 +131,20 @@ def entrypoint(argv: list[str] | None = None) -> int:
     verbose = any(p.replace(" ", "").lower() == "verbose=true" for p in pairs)  # tracebacks only when asked
     try:
         plugin, overrides = parse_args(pairs)
-        from .pipeline import run_prune
+        from .pipeline import run_export, run_prune
 
-        run_prune(plugin, overrides, command=" ".join(["yolo-nexp", *argv]))
+        if mode == "prune":
+            run_prune(plugin, overrides, command=" ".join(["yolo-nexp", *argv]))
+        else:
+            run_export(plugin, overrides)
     except (ValueError, FileNotFoundError, TypeError) as e:  # UsageError is a ValueError
         if verbose:
             LOGGER.exception("yolo-nexp: traceback")
         LOGGER.error(f"yolo-nexp: {e}")
         return 2
+    except ParityError as e:
+        LOGGER.error(f"yolo-nexp: {e}")
+        return 1
     except KeyboardInterrupt:
         LOGGER.error("yolo-nexp: interrupted.")
         return 130

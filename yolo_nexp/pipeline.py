@@ -16,6 +16,7 @@ from ultralytics.utils.files import increment_path
 
 from .data import image_files
 
+from .export import export
 from .graph import detection_model
 from .pruner import prune
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
@@ -215,7 +216,21 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
             "total": time.perf_counter() - t_start,
         },
     }
+    if plugin["export"]:
+        final = save_dir / "weights" / ("best.pt" if "finetuned" in stages else "pruned.pt")
+        images = image_files(data["val"])[:4]
+        result["export"] = export(final, format=plugin["export"], imgsz=overrides["imgsz"], images=images)
     save_json(result, save_dir / "report.json")
     plot_channels(report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}")
     LOGGER.info(f"\n{stage_table(stages)}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)")
     return result
+
+
+def run_export(plugin: dict, overrides: dict) -> dict:
+    """``yolo-nexp export``: Ultralytics' exporter on a (pruned) checkpoint, then the ONNX parity check."""
+    model = check_model_file(str(overrides.pop("model")), trust=plugin["trust"])
+    if model.suffix != ".pt":
+        raise ValueError(f"model: export needs a .pt checkpoint, got '{model}'.")
+    detection_model(YOLO(str(model)))  # a YOLOv8 detection model, or a clear error
+    kwargs = {k: v for k, v in overrides.items() if k not in ("data", "epochs", "plots")}  # prune-mode defaults
+    return export(model, **{"format": "onnx", "imgsz": 640, **kwargs})
