@@ -16,6 +16,7 @@ from ultralytics.utils.files import increment_path
 
 from .data import image_files
 
+from .coco import NOT_AVAILABLE, coco_metrics, find_annotations
 from .export import export
 from .graph import detection_model
 from .pruner import prune
@@ -121,16 +122,20 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0].replace("ERROR ❌️ ", "").replace("ERROR ❌ ", "")
 
 
-def _validate(yolo: YOLO, overrides: dict, save_dir: Path, stage: str) -> dict:
+def _validate(yolo: YOLO, overrides: dict, save_dir: Path, stage: str, coco: dict | None) -> dict:
     """mAP50 and mAP50-95 of ``yolo`` on the data's val split, with its MACs and params."""
     args = {k: v for k, v in overrides.items() if k not in ("model", "project", "name", "exist_ok", "plots", "epochs")}
     metrics = yolo.val(**args, project=str(save_dir), name=f"val-{stage}", exist_ok=True, plots=False, verbose=False)
-    return _stage(yolo, overrides["imgsz"], metrics)
+    return _stage(yolo, overrides, metrics, coco)
 
 
-def _stage(yolo: YOLO, imgsz: int, metrics) -> dict:
-    macs, params = macs_and_params(detection_model(yolo), imgsz)
-    return {"macs": macs, "params": params, "map50": float(metrics.box.map50), "map": float(metrics.box.map)}
+def _stage(yolo: YOLO, overrides: dict, metrics, coco: dict | None) -> dict:
+    """MACs, params and Ultralytics' mAP of one stage, and pycocotools' when ``coco`` (data, annotations) is given."""
+    macs, params = macs_and_params(detection_model(yolo), overrides["imgsz"])
+    stage = {"macs": macs, "params": params, "map50": float(metrics.box.map50), "map": float(metrics.box.map)}
+    if coco:
+        stage["coco"] = coco_metrics(yolo, coco["data"], coco["annotations"], overrides["imgsz"], overrides["batch"])
+    return stage
 
 
 def _default_name(model: str, plugin: dict) -> str:
@@ -169,11 +174,13 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     overrides["data"] = resolve_data(overrides.get("data"))
     data = check_data(overrides["data"])
     yolo = load_model(model_path, data)
+    annotations = find_annotations(data, plugin["coco_json"])
+    coco = {"data": data, "annotations": annotations} if annotations else None
     # Everything is checked: only now is anything written.
     save_dir = run_dir(overrides.pop("project", None), overrides.pop("name", None) or _default_name(model_arg, plugin))
     LOGGER.info(f"yolo-nexp: run folder {save_dir}")
 
-    stages = {"dense": _validate(yolo, overrides, save_dir, "dense")}
+    stages = {"dense": _validate(yolo, overrides, save_dir, "dense", coco)}
     source = overrides["data"] if plugin["source"] == "train" else plugin["source"]
     report = prune(
         yolo,
@@ -190,12 +197,12 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         seed=overrides["seed"],
     )
     atomic_write(save_dir / "weights" / "pruned.pt", yolo.save)
-    stages["pruned"] = _validate(yolo, overrides, save_dir, "pruned")
+    stages["pruned"] = _validate(yolo, overrides, save_dir, "pruned", coco)
 
     t_train = time.perf_counter()
     if overrides.get("epochs", 0) > 0:
         metrics = _finetune(yolo, overrides, save_dir)
-        stages["finetuned"] = _stage(yolo, overrides["imgsz"], metrics)  # yolo now holds best.pt, validated by the trainer
+        stages["finetuned"] = _stage(yolo, overrides, metrics, coco)  # yolo now holds best.pt, validated by the trainer
         if stages["finetuned"]["params"] != stages["pruned"]["params"]:
             raise RuntimeError("fine-tuning changed the architecture: best.pt does not hold the pruned model.")
     seconds_train = time.perf_counter() - t_train
@@ -206,6 +213,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         "ultralytics": {**overrides, "model": model_arg},
         "save_dir": str(save_dir),
         "stages": stages,
+        "coco": str(annotations) if annotations else NOT_AVAILABLE,
         "macs_reduction": 1 - stages["pruned"]["macs"] / stages["dense"]["macs"],
         "params_reduction": 1 - stages["pruned"]["params"] / stages["dense"]["params"],
         "prune": report.to_dict(),

@@ -109,16 +109,24 @@ def save_json(data: dict, path: str | Path) -> Path:
 
 
 def stage_table(stages: dict[str, dict]) -> str:
-    """Table of MACs (G), params (M), mAP50 and mAP50-95 per stage, with the reductions against the first stage."""
+    """Table of MACs (G), params (M) and mAP per stage, with the reductions against the first stage.
+
+    mAP columns are labelled by source: Ultralytics' validator, and pycocotools (official COCO) when available.
+    """
+    coco = any("coco" in s for s in stages.values())
     head = f"{'stage':<11}{'GMACs':>9}{'Mparams':>10}{'mAP50':>9}{'mAP50-95':>10}"
-    lines = [head, "-" * len(head)]
+    head += f"{'COCO mAP50':>12}{'COCO mAP50-95':>15}" if coco else ""
+    lines = [f"{'':<39}{'(ultralytics)':>19}" + (f"{'(pycocotools)':>27}" if coco else ""), head, "-" * len(head)]
     for name, s in stages.items():
-        lines.append(
-            f"{name:<11}{s['macs'] / 1e9:>9.3f}{s['params'] / 1e6:>10.3f}{_fmt(s.get('map50')):>9}{_fmt(s.get('map')):>10}"
-        )
+        line = f"{name:<11}{s['macs'] / 1e9:>9.3f}{s['params'] / 1e6:>10.3f}{_fmt(s.get('map50')):>9}{_fmt(s.get('map')):>10}"
+        if coco:
+            line += f"{_fmt(s.get('coco', {}).get('map50')):>12}{_fmt(s.get('coco', {}).get('map')):>15}"
+        lines.append(line)
     first, last = next(iter(stages.values())), list(stages.values())[-1]
     macs_cut, params_cut = 1 - last["macs"] / first["macs"], 1 - last["params"] / first["params"]
     lines.append(f"{'reduction':<11}{-macs_cut:>9.1%}{-params_cut:>10.1%}")
+    if not coco:
+        lines.append("official COCO mAP (pycocotools): not available, no COCO annotation json (coco_json=...)")
     return "\n".join(lines)
 
 
