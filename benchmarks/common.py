@@ -34,3 +34,35 @@ def informative(model, batches: int = 4, imgsz: int = 64, seed: int = 0, gain: f
     for seq in (*head.cv2, *head.cv3):
         seq[-1].bias.zero_()
     return model
+
+
+def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initial: bool = False) -> "Path":
+    """A yolov8n trained from its yaml on ``data`` (seed 0), cached under the plugin's cache folder, never committed.
+
+    Training is the slow part of the benchmarks; the cached checkpoint is reused while the arguments match.
+    With ``initial``, the same run's weights before its first step (the untrained state of that model).
+    """
+    import shutil
+    import tempfile
+    from copy import deepcopy
+    from pathlib import Path
+
+    from ultralytics import YOLO
+
+    from yolo_nexp.pipeline import cache_dir
+    from yolo_nexp.report import atomic_write
+
+    target = cache_dir() / "baselines" / f"{cache_name}-e{epochs}-s{imgsz}.pt"
+    init = target.with_name(f"{target.stem}-init.pt")
+    if not (target.is_file() and init.is_file()):
+        project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
+        model = YOLO("yolov8n.yaml")
+
+        def save_initial(trainer):
+            atomic_write(init, lambda tmp: torch.save({"model": deepcopy(trainer.model).half()}, tmp))
+
+        model.add_callback("on_pretrain_routine_end", save_initial)
+        model.train(data=data, epochs=epochs, imgsz=imgsz, batch=16, seed=0, workers=2, project=str(project),
+                    name="base", plots=False, verbose=False)
+        atomic_write(target, lambda tmp: shutil.copyfile(project / "base" / "weights" / "best.pt", tmp))
+    return init if initial else target

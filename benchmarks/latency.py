@@ -12,6 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -34,29 +35,40 @@ COCO_VAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco12
 CONFIGS = [(0.0, 8), (0.25, 8), (0.5, 8), (0.75, 8), (0.5, 1), (0.5, 16), (0.5, 32)]  # (ratio, round_to)
 
 
-def median_ms(fn, runs: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def interleaved_ms(runners: dict, runs: int, warmup: int, rounds: int = 5) -> dict:
+    """Median and min milliseconds of each runner, timed in ``rounds`` interleaved rounds.
+
+    This machine's speed drifts by 10-20% over minutes (shared cores); interleaving spreads slow
+    periods evenly over the models compared instead of landing on whichever ran then.
+    """
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            for _ in range(max(1, runs // rounds)):
+                t = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - t) * 1e3)
+    return {key: (statistics.median(t), min(t)) for key, t in times.items()}
 
 
-def time_onnx(file: Path, imgsz: int, runs: int, warmup: int) -> float:
+def onnx_runner(file: Path, imgsz: int):
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     x = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)}
-    return median_ms(lambda: session.run(None, x), runs, warmup)
+    return lambda: session.run(None, x)
 
 
-def time_torch(pt: Path, imgsz: int, runs: int, warmup: int) -> float:
+def torch_runner(pt: Path, imgsz: int):
     model = YOLO(str(pt)).model.float().fuse().eval()
     x = torch.rand(1, 3, imgsz, imgsz)
-    with torch.inference_mode():
-        return median_ms(lambda: model(x), runs, warmup)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    return run
 
 
 def main():
@@ -69,10 +81,11 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    torch.set_num_threads(os.cpu_count())  # Ultralytics lowers it to cores - 1; compare both runtimes on all cores
     images = sorted(COCO_VAL.glob("*.jpg"))[: args.images]
     rows, tmp = [], Path(tempfile.mkdtemp(prefix="nexp-latency-"))
     for scale in args.scales:
-        dense = None
+        built = {}
         for ratio, round_to in CONFIGS:
             model = YOLO(f"yolov8{scale}.yaml")
             if ratio:
@@ -83,11 +96,13 @@ def main():
             model.save(pt)
             onnx_file = Path(YOLO(str(pt)).export(format="onnx", imgsz=args.imgsz, verbose=False))
             parity = onnx_parity(pt, onnx_file, imgsz=args.imgsz, images=images)
-            row = {
-                "model": f"yolov8{scale}", "ratio": ratio, "round_to": round_to, "macs": macs, "params": params,
-                "ort_ms": time_onnx(onnx_file, args.imgsz, args.runs, args.warmup),
-                "torch_ms": time_torch(pt, args.imgsz, args.runs, args.warmup), "parity": parity,
-            }
+            built[ratio, round_to] = {"model": f"yolov8{scale}", "ratio": ratio, "round_to": round_to, "macs": macs,
+                                      "params": params, "parity": parity, "pt": pt, "onnx": onnx_file}
+        ort_ms = interleaved_ms({k: onnx_runner(b["onnx"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup)
+        torch_ms = interleaved_ms({k: torch_runner(b["pt"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup)
+        dense = None
+        for key, row in built.items():
+            row.update(ort_ms=ort_ms[key][0], ort_min=ort_ms[key][1], torch_ms=torch_ms[key][0], torch_min=torch_ms[key][1])
             dense = dense or row
             rows.append((row, dense))
             print(format_row(row, dense), flush=True)
@@ -97,15 +112,16 @@ def main():
         "",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"onnxruntime {ort.__version__} (CPUExecutionProvider, default threads). Input {args.imgsz}x{args.imgsz}, "
-        f"batch 1; median of {args.runs} runs after {args.warmup} warm-up runs. Models from yaml (random init, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), onnxruntime {ort.__version__} (CPUExecutionProvider, default threads). Input {args.imgsz}x"
+        f"{args.imgsz}, batch 1; median (and min) of {args.runs} runs per model after {args.warmup} warm-up runs, "
+        f"timed in 5 rounds interleaved across the models of one scale. Models from yaml (random init, "
         f"BatchNorm recalibrated on noise after pruning so that scores are input-dependent), pruned with NEXP on "
         f"noise.",
         "MACs x = dense MACs / MACs; speed-up = dense latency / latency; efficiency = speed-up / MACs x.",
         f"Parity: onnxruntime vs PyTorch, max |diff| of class scores and of boxes relative to imgsz on random "
-        f"inputs (limit 1e-4), and detections after NMS on {len(images)} COCO128 val images (about the 50 most "
-        f"confident per image) all matched.",
+        f"inputs (limit 1e-4); and detections after NMS on {len(images)} COCO128 val images (about the 50 most "
+        f"confident per image): images whose detections were identical, and how many detections were compared.",
         "",
         HEADER,
         "|" + "---|" * (HEADER.count("|") - 1),
@@ -119,7 +135,7 @@ def main():
 
 
 HEADER = (
-    "| model | ratio | round_to | GMACs | Mparams | MACs x | ORT ms | ORT speed-up | ORT eff. | torch ms "
+    "| model | ratio | round_to | GMACs | Mparams | MACs x | ORT ms (min) | ORT speed-up | ORT eff. | torch ms (min) "
     "| torch speed-up | torch eff. | parity: raw, max diff scores, boxes; images with identical detections (compared) |"
 )
 
@@ -132,7 +148,8 @@ def format_row(r: dict, d: dict) -> str:
     ok = "ok" if p["raw_ok"] else "FAIL"
     return (
         f"| {r['model']} | {r['ratio']:g} | {r['round_to']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} "
-        f"| {macs_x:.2f} | {r['ort_ms']:.1f} | {ort_x:.2f} | {ort_x / macs_x:.0%} | {r['torch_ms']:.1f} "
+        f"| {macs_x:.2f} | {r['ort_ms']:.1f} ({r['ort_min']:.1f}) | {ort_x:.2f} | {ort_x / macs_x:.0%} "
+        f"| {r['torch_ms']:.1f} ({r['torch_min']:.1f}) "
         f"| {torch_x:.2f} | {torch_x / macs_x:.0%} | {ok}: {raw['scores']:.0e}, {raw['boxes_rel']:.0e}, "
         f"{p['images_matched']}/{p['images']} ({p['detections']}) |"
     )

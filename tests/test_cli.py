@@ -118,3 +118,9 @@ def test_trainer_keeps_pruned_architecture_where_stock_trainer_loses_it(tiny_dat
     YOLO(pruned).train(project=str(tmp_path), name="stock", **kw)
     assert n_params(tmp_path / "nexp" / "weights" / "last.pt") == n_params(pruned)
     assert n_params(tmp_path / "stock" / "weights" / "last.pt") > 2 * n_params(pruned)  # the known trap
+
+
+def test_global_allocation_and_macs_target_from_the_command_line():
+    plugin, _ = parse_args(["global=True", "macs=0.46"])
+    assert plugin["global"] is True and plugin["macs"] == 0.46
+    assert plugin["ratio"] is None  # the MACs target replaces the default ratio; giving both is an error

@@ -192,7 +192,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         batch=overrides["batch"],
         round_to=plugin["round_to"],
         alpha=plugin["alpha"],
-        global_pruning=plugin["global_pruning"],
+        global_pruning=plugin["global"],
         macs=plugin["macs"],
         seed=overrides["seed"],
     )
