@@ -31,7 +31,7 @@ from yolo_nexp.synthetic import make_dataset  # noqa: E402
 CRITERIA = [("nexp", None), ("l1", None), ("l2", None), ("random", None), ("bn", None), ("tp", None)] + [
     ("hybrid", a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)
 ]
-FULL = dict(n_train=384, n_val=96, imgsz=256, base_epochs=60, ft_epochs=3, targets=(0.46, 0.70), seeds=(0, 1))
+FULL = dict(n_train=384, n_val=96, imgsz=256, base_epochs=40, ft_epochs=2, targets=(0.46, 0.70), seeds=(0, 1))
 QUICK = dict(n_train=48, n_val=16, imgsz=160, base_epochs=5, ft_epochs=1, targets=(0.46,), seeds=(0,))
 
 

@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--base-epochs", type=int, default=60, help="epochs of the cached trained baseline")
+    ap.add_argument("--base-epochs", type=int, default=40, help="epochs of the cached trained baseline")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
