@@ -15,8 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from scipy.stats import spearmanr
 from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +26,20 @@ from yolo_nexp.pipeline import cache_dir  # noqa: E402
 from yolo_nexp.synthetic import make_dataset  # noqa: E402
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "train2017"
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties given their average rank (dead channels all score 0)."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    values, inverse = np.unique(x, return_inverse=True)
+    return (np.bincount(inverse, r) / np.bincount(inverse))[inverse]
+
+
+def spearmanr(a, b) -> tuple[float]:
+    """Spearman's rho: Pearson correlation of the (tie-averaged) ranks."""
+    return (float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1]),)
 
 
 def rho(a: dict, b: dict) -> tuple[float, float]:

@@ -42,7 +42,7 @@ def test_recipe_is_overridden_by_command_line(tmp_path):
 
 def test_shipped_recipe_parses():
     plugin, ultra = parse_args(["cfg=recipe-yolov8m-coco.yaml"])
-    assert ultra["model"] == "yolov8m.pt" and 0 < plugin["ratio"] < 1
+    assert ultra["model"] == "yolov8m.pt" and plugin["macs"] == 0.46 and plugin["ratio"] is None
 
 
 @pytest.mark.parametrize("argv", [["help"], ["--help"], []])

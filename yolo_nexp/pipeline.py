@@ -14,9 +14,8 @@ from ultralytics.utils import LOGGER, SETTINGS
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.files import increment_path
 
-from .data import image_files
-
 from .coco import NOT_AVAILABLE, coco_metrics, find_annotations
+from .data import image_files
 from .export import export
 from .graph import detection_model
 from .pruner import prune
