@@ -28,8 +28,18 @@ def run(name: str, data: str, args, project: Path, epoch: int | None) -> str:
     model = YOLO("yolov8n.yaml")
     cb = yolo_nexp.attach(model, ratio=args.ratio, epoch=epoch, batches=4, verbose=False) if epoch is not None else None
     t = time.perf_counter()
-    metrics = model.train(data=data, epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=2, seed=0,
-                          project=str(project), name=name, plots=False, verbose=False)
+    metrics = model.train(
+        data=data,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=16,
+        workers=2,
+        seed=0,
+        project=str(project),
+        name=name,
+        plots=False,
+        verbose=False,
+    )
     seconds = time.perf_counter() - t
     macs, params = macs_and_params(model.model, args.imgsz)
     if cb:
@@ -38,8 +48,10 @@ def run(name: str, data: str, args, project: Path, epoch: int | None) -> str:
     else:
         before = f"{macs / 1e9:.3f} / {params / 1e6:.3f}"
     when = "-" if epoch is None else f"start of epoch {epoch}"
-    return (f"| {name} | {when} | {before} | {macs / 1e9:.3f} / {params / 1e6:.3f} | {metrics.box.map50:.4f} "
-            f"| {metrics.box.map:.4f} | {seconds:.0f} |")
+    return (
+        f"| {name} | {when} | {before} | {macs / 1e9:.3f} / {params / 1e6:.3f} | {metrics.box.map50:.4f} "
+        f"| {metrics.box.map:.4f} | {seconds:.0f} |"
+    )
 
 
 def main():
@@ -53,22 +65,27 @@ def main():
 
     data = resolve_data("synthetic")
     project = Path(tempfile.mkdtemp(prefix="nexp-callback-"))
-    rows = [run("dense", data, args, project, None), run("PaI", data, args, project, 0),
-            run(f"epoch {args.prune_epoch}", data, args, project, args.prune_epoch)]
-    text = "\n".join([
-        "# Pruning inside an Ultralytics training run (yolo_nexp.attach), synthetic data",
-        "",
-        f"Command: `python {' '.join(sys.argv)}`",
-        "",
-        f"yolov8n from yaml, {args.epochs} epochs at imgsz {args.imgsz}, batch 16, seed 0, on the plugin's synthetic "
-        f"dataset (128 train / 32 val images, 8 classes); ratio {args.ratio}, NEXP on 4 training batches. "
-        f"MACs at {args.imgsz}x{args.imgsz}, batch 1. mAP from Ultralytics' final validation of best.pt. CPU, 2 cores.",
-        "",
-        "| run | pruned at | GMACs / Mparams before | GMACs / Mparams after | mAP50 | mAP50-95 | train s |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    rows = [
+        run("dense", data, args, project, None),
+        run("PaI", data, args, project, 0),
+        run(f"epoch {args.prune_epoch}", data, args, project, args.prune_epoch),
+    ]
+    text = "\n".join(
+        [
+            "# Pruning inside an Ultralytics training run (yolo_nexp.attach), synthetic data",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            f"yolov8n from yaml, {args.epochs} epochs at imgsz {args.imgsz}, batch 16, seed 0, on the plugin's synthetic "
+            f"dataset (128 train / 32 val images, 8 classes); ratio {args.ratio}, NEXP on 4 training batches. "
+            f"MACs at {args.imgsz}x{args.imgsz}, batch 1. mAP from Ultralytics' final validation of best.pt. CPU, 2 cores.",
+            "",
+            "| run | pruned at | GMACs / Mparams before | GMACs / Mparams after | mAP50 | mAP50-95 | train s |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     if args.out:
         args.out.write_text(text)
     print(text)

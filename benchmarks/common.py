@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from copy import deepcopy
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -36,17 +41,12 @@ def informative(model, batches: int = 4, imgsz: int = 64, seed: int = 0, gain: f
     return model
 
 
-def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initial: bool = False) -> "Path":
+def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initial: bool = False) -> Path:
     """A yolov8n trained from its yaml on ``data`` (seed 0), cached under the plugin's cache folder, never committed.
 
     Training is the slow part of the benchmarks; the cached checkpoint is reused while the arguments match.
     With ``initial``, the same run's weights before its first step (the untrained state of that model).
     """
-    import shutil
-    import tempfile
-    from copy import deepcopy
-    from pathlib import Path
-
     from ultralytics import YOLO
 
     from yolo_nexp.pipeline import cache_dir
@@ -62,7 +62,17 @@ def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initia
             atomic_write(init, lambda tmp: torch.save({"model": deepcopy(trainer.model).half()}, tmp))
 
         model.add_callback("on_pretrain_routine_end", save_initial)
-        model.train(data=data, epochs=epochs, imgsz=imgsz, batch=16, seed=0, workers=2, project=str(project),
-                    name="base", plots=False, verbose=False)
+        model.train(
+            data=data,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=16,
+            seed=0,
+            workers=2,
+            project=str(project),
+            name="base",
+            plots=False,
+            verbose=False,
+        )
         atomic_write(target, lambda tmp: shutil.copyfile(project / "base" / "weights" / "best.pt", tmp))
     return init if initial else target

@@ -41,12 +41,32 @@ def evaluate(model: YOLO, data: str, imgsz: int) -> float:
 
 def run_one(baseline: Path, data: str, criterion: str, alpha, target: float, seed: int, cfg: dict, project: Path):
     model = YOLO(str(baseline))
-    report = yolo_nexp.prune(model, macs=target, criterion=criterion, alpha=0.5 if alpha is None else alpha,
-                             source=data, batches=4, batch=16, imgsz=cfg["imgsz"], seed=seed, verbose=False)
+    report = yolo_nexp.prune(
+        model,
+        macs=target,
+        criterion=criterion,
+        alpha=0.5 if alpha is None else alpha,
+        source=data,
+        batches=4,
+        batch=16,
+        imgsz=cfg["imgsz"],
+        seed=seed,
+        verbose=False,
+    )
     after_prune = evaluate(model, data, cfg["imgsz"])
-    metrics = model.train(trainer=yolo_nexp.NexpTrainer, data=data, epochs=cfg["ft_epochs"], imgsz=cfg["imgsz"],
-                          batch=16, seed=seed, workers=2, project=str(project), name=f"{criterion}-{alpha}-{target}-{seed}",
-                          plots=False, verbose=False)
+    metrics = model.train(
+        trainer=yolo_nexp.NexpTrainer,
+        data=data,
+        epochs=cfg["ft_epochs"],
+        imgsz=cfg["imgsz"],
+        batch=16,
+        seed=seed,
+        workers=2,
+        project=str(project),
+        name=f"{criterion}-{alpha}-{target}-{seed}",
+        plots=False,
+        verbose=False,
+    )
     return report.macs_reduction, after_prune, float(metrics.box.map)
 
 
@@ -66,8 +86,17 @@ def main():
     t0 = time.perf_counter()
 
     name = f"criteria-{cfg['n_train']}-{cfg['imgsz']}"
-    data = str(make_dataset(cache_dir() / name, n_train=cfg["n_train"], n_val=cfg["n_val"], imgsz=cfg["imgsz"],
-                            nc=8, seed=0, max_objects=8))
+    data = str(
+        make_dataset(
+            cache_dir() / name,
+            n_train=cfg["n_train"],
+            n_val=cfg["n_val"],
+            imgsz=cfg["imgsz"],
+            nc=8,
+            seed=0,
+            max_objects=8,
+        )
+    )
     baseline = trained_baseline(data, cfg["base_epochs"], cfg["imgsz"], name)
     base_map = evaluate(YOLO(str(baseline)), data, cfg["imgsz"])
     project = Path(tempfile.mkdtemp(prefix="nexp-criteria-"))
@@ -80,8 +109,11 @@ def main():
             results[label, target] = [list(x) for x in zip(*runs)]
             print(label, target, runs, flush=True)
 
-    header = "| criterion | " + " | ".join(
-        f"MACs cut ({t:.0%}) | mAP50-95 after pruning | after fine-tuning" for t in cfg["targets"]) + " |"
+    header = (
+        "| criterion | "
+        + " | ".join(f"MACs cut ({t:.0%}) | mAP50-95 after pruning | after fine-tuning" for t in cfg["targets"])
+        + " |"
+    )
     lines = [
         "# Criteria at equal MACs: mAP50-95 right after pruning and after fine-tuning",
         "",
@@ -119,13 +151,21 @@ def plot(results: dict, cfg: dict, path: Path) -> None:
 
     labels = [c if a is None else f"hyb {a:g}" for c, a in CRITERIA]
     keys = [c if a is None else f"hybrid a={a:g}" for c, a in CRITERIA]
-    fig, axes = plt.subplots(1, len(cfg["targets"]), figsize=(6 * len(cfg["targets"]), 4), squeeze=False, tight_layout=True)
+    fig, axes = plt.subplots(
+        1, len(cfg["targets"]), figsize=(6 * len(cfg["targets"]), 4), squeeze=False, tight_layout=True
+    )
     for ax, t in zip(axes[0], cfg["targets"]):
         for k, (stage, colour) in enumerate(((1, "#c8c8c8"), (2, "#1f77b4"))):
             means = [statistics.mean(results[key, t][stage]) for key in keys]
             spread = [(max(results[key, t][stage]) - min(results[key, t][stage])) / 2 for key in keys]
-            ax.bar([i + 0.4 * k for i in range(len(keys))], means, 0.4, yerr=spread, color=colour,
-                   label=("after pruning", "after fine-tuning")[k])
+            ax.bar(
+                [i + 0.4 * k for i in range(len(keys))],
+                means,
+                0.4,
+                yerr=spread,
+                color=colour,
+                label=("after pruning", "after fine-tuning")[k],
+            )
         ax.set_xticks([i + 0.2 for i in range(len(keys))], labels, rotation=45, fontsize=8)
         ax.set_title(f"{t:.0%} fewer MACs")
         ax.set_ylabel("mAP50-95")

@@ -89,45 +89,63 @@ def main():
         for ratio, round_to in CONFIGS:
             model = YOLO(f"yolov8{scale}.yaml")
             if ratio:
-                yolo_nexp.prune(model, ratio=ratio, round_to=round_to, imgsz=args.imgsz, batches=2, batch=4, verbose=False)
+                yolo_nexp.prune(
+                    model, ratio=ratio, round_to=round_to, imgsz=args.imgsz, batches=2, batch=4, verbose=False
+                )
             informative(model)  # input-dependent scores, so the detection parity check means something
             macs, params = macs_and_params(model.model, args.imgsz)
             pt = tmp / f"yolov8{scale}-r{ratio}-rt{round_to}.pt"
             model.save(pt)
             onnx_file = Path(YOLO(str(pt)).export(format="onnx", imgsz=args.imgsz, verbose=False))
             parity = onnx_parity(pt, onnx_file, imgsz=args.imgsz, images=images)
-            built[ratio, round_to] = {"model": f"yolov8{scale}", "ratio": ratio, "round_to": round_to, "macs": macs,
-                                      "params": params, "parity": parity, "pt": pt, "onnx": onnx_file}
-        ort_ms = interleaved_ms({k: onnx_runner(b["onnx"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup)
-        torch_ms = interleaved_ms({k: torch_runner(b["pt"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup)
+            built[ratio, round_to] = {
+                "model": f"yolov8{scale}",
+                "ratio": ratio,
+                "round_to": round_to,
+                "macs": macs,
+                "params": params,
+                "parity": parity,
+                "pt": pt,
+                "onnx": onnx_file,
+            }
+        ort_ms = interleaved_ms(
+            {k: onnx_runner(b["onnx"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup
+        )
+        torch_ms = interleaved_ms(
+            {k: torch_runner(b["pt"], args.imgsz) for k, b in built.items()}, args.runs, args.warmup
+        )
         dense = None
         for key, row in built.items():
-            row.update(ort_ms=ort_ms[key][0], ort_min=ort_ms[key][1], torch_ms=torch_ms[key][0], torch_min=torch_ms[key][1])
+            row.update(
+                ort_ms=ort_ms[key][0], ort_min=ort_ms[key][1], torch_ms=torch_ms[key][0], torch_min=torch_ms[key][1]
+            )
             dense = dense or row
             rows.append((row, dense))
             print(format_row(row, dense), flush=True)
 
-    text = "\n".join([
-        "# Batch-1 CPU latency: dense vs NEXP-pruned YOLOv8",
-        "",
-        f"Command: `python {' '.join(sys.argv)}`",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), onnxruntime {ort.__version__} (CPUExecutionProvider, default threads). Input {args.imgsz}x"
-        f"{args.imgsz}, batch 1; median (and min) of {args.runs} runs per model after {args.warmup} warm-up runs, "
-        f"timed in 5 rounds interleaved across the models of one scale. Models from yaml (random init, "
-        f"BatchNorm recalibrated on noise after pruning so that scores are input-dependent), pruned with NEXP on "
-        f"noise.",
-        "MACs x = dense MACs / MACs; speed-up = dense latency / latency; efficiency = speed-up / MACs x.",
-        f"Parity: onnxruntime vs PyTorch, max |diff| of class scores and of boxes relative to imgsz on random "
-        f"inputs (limit 1e-4); and detections after NMS on {len(images)} COCO128 val images (about the 50 most "
-        f"confident per image): images whose detections were identical, and how many detections were compared.",
-        "",
-        HEADER,
-        "|" + "---|" * (HEADER.count("|") - 1),
-        *(format_row(r, d) for r, d in rows),
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Batch-1 CPU latency: dense vs NEXP-pruned YOLOv8",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
+            f"threads), onnxruntime {ort.__version__} (CPUExecutionProvider, default threads). Input {args.imgsz}x"
+            f"{args.imgsz}, batch 1; median (and min) of {args.runs} runs per model after {args.warmup} warm-up runs, "
+            f"timed in 5 rounds interleaved across the models of one scale. Models from yaml (random init, "
+            f"BatchNorm recalibrated on noise after pruning so that scores are input-dependent), pruned with NEXP on "
+            f"noise.",
+            "MACs x = dense MACs / MACs; speed-up = dense latency / latency; efficiency = speed-up / MACs x.",
+            f"Parity: onnxruntime vs PyTorch, max |diff| of class scores and of boxes relative to imgsz on random "
+            f"inputs (limit 1e-4); and detections after NMS on {len(images)} COCO128 val images (about the 50 most "
+            f"confident per image): images whose detections were identical, and how many detections were compared.",
+            "",
+            HEADER,
+            "|" + "---|" * (HEADER.count("|") - 1),
+            *(format_row(r, d) for r, d in rows),
+            "",
+        ]
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

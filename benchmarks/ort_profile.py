@@ -66,7 +66,9 @@ def main():
     for label, ratio in (("dense", 0.0), ("pruned", args.ratio)):
         model = YOLO(f"yolov8{args.scale}.yaml")
         if ratio:
-            yolo_nexp.prune(model, ratio=ratio, round_to=args.round_to, imgsz=args.imgsz, batches=1, batch=2, verbose=False)
+            yolo_nexp.prune(
+                model, ratio=ratio, round_to=args.round_to, imgsz=args.imgsz, batches=1, batch=2, verbose=False
+            )
         macs, _ = macs_and_params(model.model, args.imgsz)
         pt = tmp / f"{label}.pt"
         model.save(pt)
@@ -90,8 +92,10 @@ def main():
     dense_sum, pruned_sum = sum(dense_ops.values()), sum(pruned_ops.values())
     for op in sorted(dense_ops, key=dense_ops.get, reverse=True):
         d, p = dense_ops[op], pruned_ops.get(op, 0.0)
-        lines.append(f"| {op} | {d:.2f} | {d / dense_sum:.0%} | {p:.2f} | {p / pruned_sum:.0%} | "
-                     f"{d / p if p else float('inf'):.2f} |")
+        lines.append(
+            f"| {op} | {d:.2f} | {d / dense_sum:.0%} | {p:.2f} | {p / pruned_sum:.0%} | "
+            f"{d / p if p else float('inf'):.2f} |"
+        )
     lines += [f"| all kernels | {dense_sum:.2f} | 100% | {pruned_sum:.2f} | 100% | {dense_sum / pruned_sum:.2f} |", ""]
     text = "\n".join(lines)
     if args.out:

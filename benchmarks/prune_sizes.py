@@ -32,8 +32,16 @@ def main():
     for scale in args.scales:
         model = YOLO(f"yolov8{scale}.yaml")
         t0 = time.perf_counter()
-        r = yolo_nexp.prune(model, ratio=args.ratio, criterion=args.criterion, source=args.source,
-                            batches=args.batches, batch=args.batch, imgsz=args.imgsz, verbose=False)
+        r = yolo_nexp.prune(
+            model,
+            ratio=args.ratio,
+            criterion=args.criterion,
+            source=args.source,
+            batches=args.batches,
+            batch=args.batch,
+            imgsz=args.imgsz,
+            verbose=False,
+        )
         total = time.perf_counter() - t0
         rows.append(
             f"| yolov8{scale} | {r.macs_before / 1e9:.2f} | {r.macs_after / 1e9:.2f} | {r.macs_reduction:.1%} "
@@ -42,22 +50,24 @@ def main():
         )
         print(rows[-1], flush=True)
 
-    text = "\n".join([
-        f"# Pruning YOLOv8 with `{args.criterion}` at ratio {args.ratio}",
-        "",
-        f"Command: `python {' '.join(sys.argv)}`",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}. Models from yaml (random init); calibration: {args.source}, "
-        f"{args.batches} x {args.batch} images at {args.imgsz}. MACs counted at batch 1, {args.imgsz}x{args.imgsz}.",
-        "`total s` includes counting MACs before and after.",
-        "",
-        "| model | GMACs before | GMACs after | MACs cut | M params before | M params after | params cut "
-        "| scoring s | pruning s | total s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Pruning YOLOv8 with `{args.criterion}` at ratio {args.ratio}",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}. Models from yaml (random init); calibration: {args.source}, "
+            f"{args.batches} x {args.batch} images at {args.imgsz}. MACs counted at batch 1, {args.imgsz}x{args.imgsz}.",
+            "`total s` includes counting MACs before and after.",
+            "",
+            "| model | GMACs before | GMACs after | MACs cut | M params before | M params after | params cut "
+            "| scoring s | pruning s | total s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -45,8 +45,10 @@ def worker(mode: str, scale: str, n: int, imgsz: int) -> dict:
         yolo_nexp.score(model, "noise", batches=batches, imgsz=imgsz, batch=BATCH, verbose=False)
     else:  # naive: keep every binary activation map, then compare all pairs of images
         maps = {name: [] for name in conv_blocks(model)}
-        hooks = [m.register_forward_hook(lambda _m, _i, out, k=name: maps[k].append(out > 0))
-                 for name, m in conv_blocks(model).items()]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out, k=name: maps[k].append(out > 0))
+            for name, m in conv_blocks(model).items()
+        ]
         with torch.inference_mode():
             for x in calibration_batches("noise", batches=batches, imgsz=imgsz, batch=BATCH):
                 model(x)
@@ -54,13 +56,20 @@ def worker(mode: str, scale: str, n: int, imgsz: int) -> dict:
             h.remove()
         for name in maps:
             nexp_pairwise(torch.cat(maps[name]))
-    return {"seconds": time.perf_counter() - t, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "start_mb": rss0}
+    return {
+        "seconds": time.perf_counter() - t,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "start_mb": rss0,
+    }
 
 
 def measure(mode: str, scale: str, n: int, imgsz: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", mode, scale, str(n), str(imgsz)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", mode, scale, str(n), str(imgsz)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,30 +100,34 @@ def main():
     naive_rows = []
     for n in args.naive_images:
         nexp, naive = measure("nexp", "n", n, args.imgsz), measure("naive", "n", n, args.imgsz)
-        naive_rows.append(f"| yolov8n | {n} | {nexp['seconds']:.1f} | {naive['seconds']:.1f} | {nexp['peak_mb']:.0f} "
-                          f"| {naive['peak_mb']:.0f} |")
+        naive_rows.append(
+            f"| yolov8n | {n} | {nexp['seconds']:.1f} | {naive['seconds']:.1f} | {nexp['peak_mb']:.0f} "
+            f"| {naive['peak_mb']:.0f} |"
+        )
         print(naive_rows[-1], flush=True)
 
-    text = "\n".join([
-        "# Cost of NEXP scoring against the number of calibration images",
-        "",
-        f"Command: `python {' '.join(sys.argv)}`",
-        "",
-        f"Random-init models, noise images at {args.imgsz}x{args.imgsz} in batches of {BATCH}, CPU (2 cores, torch "
-        f"{torch.__version__}). Each cell is a fresh process; `peak MB` is its peak resident memory (model, torch "
-        f"and the work). Overhead = NEXP time / forward time - 1.",
-        "",
-        "| model | images | forward s | NEXP s | overhead | forward peak MB | NEXP peak MB | NEXP extra MB |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "Naive pairwise NEXP (every binary map kept, all ordered pairs of images compared; `nexp_pairwise`):",
-        "",
-        "| model | images | NEXP s | naive s | NEXP peak MB | naive peak MB |",
-        "|---|---|---|---|---|---|",
-        *naive_rows,
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Cost of NEXP scoring against the number of calibration images",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            f"Random-init models, noise images at {args.imgsz}x{args.imgsz} in batches of {BATCH}, CPU (2 cores, torch "
+            f"{torch.__version__}). Each cell is a fresh process; `peak MB` is its peak resident memory (model, torch "
+            f"and the work). Overhead = NEXP time / forward time - 1.",
+            "",
+            "| model | images | forward s | NEXP s | overhead | forward peak MB | NEXP peak MB | NEXP extra MB |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Naive pairwise NEXP (every binary map kept, all ordered pairs of images compared; `nexp_pairwise`):",
+            "",
+            "| model | images | NEXP s | naive s | NEXP peak MB | naive peak MB |",
+            "|---|---|---|---|---|---|",
+            *naive_rows,
+            "",
+        ]
+    )
     if args.out:
         args.out.write_text(text)
     print(text)

@@ -64,7 +64,9 @@ def main():
     untrained = YOLO(str(trained_baseline(data, args.base_epochs, args.imgsz, name, initial=True)))
 
     def s(model, source, batches=args.batches, seed=0):
-        return yolo_nexp.score(model, source, batches=batches, imgsz=args.imgsz, batch=args.batch, seed=seed, verbose=False)
+        return yolo_nexp.score(
+            model, source, batches=batches, imgsz=args.imgsz, batch=args.batch, seed=seed, verbose=False
+        )
 
     rows = []
     for state, model in (("trained", trained), ("untrained", untrained)):
@@ -85,22 +87,24 @@ def main():
     r = rho(s(untrained, data), s(trained, data))
     rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} |")
 
-    text = "\n".join([
-        "# Stability of NEXP ranks (Spearman rho of per-channel NEXP)",
-        "",
-        f"Command: `python {' '.join(sys.argv)}`",
-        "",
-        f"yolov8n (8 classes). Trained: {args.base_epochs} epochs on the synthetic dataset of the criteria benchmark; "
-        f"untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
-        f"{args.batch} images at {args.imgsz} px unless stated. `all channels`: one rho over every channel of every "
-        f"conv block (ranks across layers, as global pruning uses them); `per-layer median`: the median of the rhos "
-        f"within each block (ranks within a layer, as layer-uniform pruning uses them).",
-        "",
-        "| model | comparison | rho, all channels | rho, per-layer median |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Stability of NEXP ranks (Spearman rho of per-channel NEXP)",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            f"yolov8n (8 classes). Trained: {args.base_epochs} epochs on the synthetic dataset of the criteria benchmark; "
+            f"untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
+            f"{args.batch} images at {args.imgsz} px unless stated. `all channels`: one rho over every channel of every "
+            f"conv block (ranks across layers, as global pruning uses them); `per-layer median`: the median of the rhos "
+            f"within each block (ranks within a layer, as layer-uniform pruning uses them).",
+            "",
+            "| model | comparison | rho, all channels | rho, per-layer median |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     if args.out:
         args.out.write_text(text)
     print(text)

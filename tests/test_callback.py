@@ -16,8 +16,18 @@ def n_params(model) -> int:
 
 
 def _train(model, data, project, name, epochs, **kw):
-    model.train(data=str(data), epochs=epochs, imgsz=IMGSZ, batch=4, workers=0, project=str(project), name=name,
-                exist_ok=True, plots=False, **kw)
+    model.train(
+        data=str(data),
+        epochs=epochs,
+        imgsz=IMGSZ,
+        batch=4,
+        workers=0,
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        plots=False,
+        **kw,
+    )
     return project / name / "weights"
 
 

@@ -78,9 +78,22 @@ def test_pickle_references_only_allowed_modules(pruned_file):
 
 def test_yolo_val_cli_runs_on_pruned_checkpoint(pruned_file, tiny_data, tmp_path):
     out = subprocess.run(
-        [YOLO_CLI, "val", f"model={pruned_file[0]}", f"data={tiny_data}", f"imgsz={IMGSZ}", "batch=4",
-         "plots=False", f"project={tmp_path}", "name=val", "workers=0"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            YOLO_CLI,
+            "val",
+            f"model={pruned_file[0]}",
+            f"data={tiny_data}",
+            f"imgsz={IMGSZ}",
+            "batch=4",
+            "plots=False",
+            f"project={tmp_path}",
+            "name=val",
+            "workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "all" in out.stdout + out.stderr  # the metrics table was printed

@@ -65,8 +65,18 @@ def test_bad_argument_exits_2(tmp_path):
 
 
 def test_prune_end_to_end(tiny_data, tmp_path):
-    rc = entrypoint(["prune", "model=yolov8n.yaml", f"data={tiny_data}", "ratio=0.5", "epochs=1",
-                     f"project={tmp_path}", "name=e2e", *TINY])
+    rc = entrypoint(
+        [
+            "prune",
+            "model=yolov8n.yaml",
+            f"data={tiny_data}",
+            "ratio=0.5",
+            "epochs=1",
+            f"project={tmp_path}",
+            "name=e2e",
+            *TINY,
+        ]
+    )
     assert rc == 0
     run = tmp_path / "e2e"
     report = json.loads((run / "report.json").read_text())
@@ -83,8 +93,12 @@ def test_prune_end_to_end(tiny_data, tmp_path):
         assert n_params(run / "weights" / ckpt) == pruned["params"], ckpt
     assert (run / "channels.png").stat().st_size > 1000
     # The run folder is never reused: a second run with the same name is incremented.
-    assert entrypoint(["prune", "model=yolov8n.yaml", f"data={tiny_data}", "epochs=0", f"project={tmp_path}",
-                       "name=e2e", *TINY]) == 0
+    assert (
+        entrypoint(
+            ["prune", "model=yolov8n.yaml", f"data={tiny_data}", "epochs=0", f"project={tmp_path}", "name=e2e", *TINY]
+        )
+        == 0
+    )
     (second,) = (p for p in tmp_path.iterdir() if p.name.startswith("e2e") and p.name != "e2e")
     assert "finetuned" not in json.loads((second / "report.json").read_text())["stages"]  # epochs=0: no fine-tuning
 
@@ -94,15 +108,35 @@ def trained_pt(tiny_data, tmp_path_factory):
     """A checkpoint trained by Ultralytics' stock trainer for one epoch."""
     project = tmp_path_factory.mktemp("trained")
     model = YOLO("yolov8n.yaml")
-    model.train(data=str(tiny_data), epochs=1, imgsz=IMGSZ, batch=4, workers=0, project=str(project), name="t",
-                plots=False, val=False)
+    model.train(
+        data=str(tiny_data),
+        epochs=1,
+        imgsz=IMGSZ,
+        batch=4,
+        workers=0,
+        project=str(project),
+        name="t",
+        plots=False,
+        val=False,
+    )
     return project / "t" / "weights" / "last.pt"
 
 
 def test_prune_a_trained_checkpoint(trained_pt, tiny_data, tmp_path):
     src = trained_pt.read_bytes()
-    rc = entrypoint(["prune", f"model={trained_pt}", f"data={tiny_data}", "ratio=0.25", "criterion=hybrid",
-                     "epochs=1", f"project={tmp_path}", "name=pt", *TINY])
+    rc = entrypoint(
+        [
+            "prune",
+            f"model={trained_pt}",
+            f"data={tiny_data}",
+            "ratio=0.25",
+            "criterion=hybrid",
+            "epochs=1",
+            f"project={tmp_path}",
+            "name=pt",
+            *TINY,
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "pt" / "report.json").read_text())
     assert report["stages"]["pruned"]["params"] < report["stages"]["dense"]["params"]

@@ -31,8 +31,9 @@ def ground_truth_as_yolo_predictions(coco: COCO, names: dict[int, str]):
     out = []
     for img in coco.dataset["images"]:
         anns = [a for a in coco.imgToAnns[img["id"]] if not a.get("iscrowd")]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                          for a in anns]).reshape(-1, 4)
+        boxes = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        ).reshape(-1, 4)
         out.append((img["file_name"], np.array([yolo_id[a["category_id"]] for a in anns]), boxes, np.ones(len(anns))))
     return out
 
@@ -53,15 +54,25 @@ def ap(coco, predictions, names, files, shift_class=0, shift_image=0):
 def gapped_coco(tmp_path):
     """A json with gapped category ids (1, 5, 90) and image ids unrelated to file names or order."""
     rng = np.random.default_rng(0)
-    images = [{"id": i, "file_name": f"img{k}.jpg", "width": 200, "height": 100} for k, i in enumerate([1001, 7, 42, 9])]
+    images = [
+        {"id": i, "file_name": f"img{k}.jpg", "width": 200, "height": 100} for k, i in enumerate([1001, 7, 42, 9])
+    ]
     cats = [{"id": 5, "name": "b"}, {"id": 1, "name": "a"}, {"id": 90, "name": "c"}]
     anns = []
     for img in images:
         for _ in range(4):
             x, y = rng.uniform(0, 120), rng.uniform(0, 50)
             w, h = rng.uniform(10, 70), rng.uniform(10, 45)
-            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": int(rng.choice([1, 5, 90])),
-                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img["id"],
+                    "category_id": int(rng.choice([1, 5, 90])),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     path = tmp_path / "instances_val.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return load_coco(path), {0: "a", 1: "b", 2: "c"}, [Path(i["file_name"]) for i in images]
@@ -107,8 +118,16 @@ def _json_from_yolo_labels(data_yaml: Path, split: str, out: Path, names: dict) 
     for k, f in enumerate(sorted((root / "images" / split).glob("*.jpg"))):
         images.append({"id": 100 + k, "file_name": f.name, "width": IMGSZ, "height": IMGSZ})
         for c, x, y, w, h in np.loadtxt(root / "labels" / split / f"{f.stem}.txt", ndmin=2):
-            anns.append({"id": len(anns) + 1, "image_id": 100 + k, "category_id": 10 * (int(c) + 1), "iscrowd": 0,
-                         "bbox": [(x - w / 2) * IMGSZ, (y - h / 2) * IMGSZ, w * IMGSZ, h * IMGSZ], "area": w * h * IMGSZ**2})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 100 + k,
+                    "category_id": 10 * (int(c) + 1),
+                    "iscrowd": 0,
+                    "bbox": [(x - w / 2) * IMGSZ, (y - h / 2) * IMGSZ, w * IMGSZ, h * IMGSZ],
+                    "area": w * h * IMGSZ**2,
+                }
+            )
     cats = [{"id": 10 * (i + 1), "name": n} for i, n in names.items()]
     out.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return out
@@ -119,8 +138,18 @@ def test_report_has_both_figures_with_a_json(tiny_data, tmp_path):
 
     names = yaml.safe_load(tiny_data.read_text())["names"]
     coco_json = _json_from_yolo_labels(tiny_data, "val", tmp_path / "instances.json", names)
-    argv = ["prune", f"data={tiny_data}", f"coco_json={coco_json}", "epochs=0", f"imgsz={IMGSZ}", "batch=4",
-            "batches=2", "workers=0", f"project={tmp_path}", "name=c"]
+    argv = [
+        "prune",
+        f"data={tiny_data}",
+        f"coco_json={coco_json}",
+        "epochs=0",
+        f"imgsz={IMGSZ}",
+        "batch=4",
+        "batches=2",
+        "workers=0",
+        f"project={tmp_path}",
+        "name=c",
+    ]
     assert entrypoint(argv) == 0
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     for stage in ("dense", "pruned"):
@@ -130,8 +159,17 @@ def test_report_has_both_figures_with_a_json(tiny_data, tmp_path):
 
 
 def test_report_says_not_available_without_json(tiny_data, tmp_path):
-    argv = ["prune", f"data={tiny_data}", "epochs=0", f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0",
-            f"project={tmp_path}", "name=n"]
+    argv = [
+        "prune",
+        f"data={tiny_data}",
+        "epochs=0",
+        f"imgsz={IMGSZ}",
+        "batch=4",
+        "batches=2",
+        "workers=0",
+        f"project={tmp_path}",
+        "name=n",
+    ]
     assert entrypoint(argv) == 0
     report = json.loads((tmp_path / "n" / "report.json").read_text())
     assert report["coco"] == NOT_AVAILABLE

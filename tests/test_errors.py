@@ -1,7 +1,6 @@
 """Bad input and faults: one clear line and exit code 2, nothing written, nothing lost, nothing unsafe loaded."""
 
 import logging
-import os
 import pickle
 import subprocess
 import sys
@@ -93,19 +92,30 @@ def test_error_case(case, files, tmp_path, caplog):
 
 def test_cli_process_exit_code_and_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("yolo-nexp")
-    out = subprocess.run([str(exe), "prune", "ratio=2", f"project={tmp_path}/runs"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [str(exe), "prune", "ratio=2", f"project={tmp_path}/runs"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2
     assert "ratio" in out.stderr + out.stdout and "Traceback" not in out.stderr + out.stdout
-    verbose = subprocess.run([str(exe), "prune", "ratio=2", "verbose=True"], capture_output=True, text=True, timeout=120)
+    verbose = subprocess.run(
+        [str(exe), "prune", "ratio=2", "verbose=True"], capture_output=True, text=True, timeout=120
+    )
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr + verbose.stdout  # asked for
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    ({"ratio": 1.0}, "ratio"), ({"ratio": "x"}, "ratio"), ({"criterion": "foo"}, "criterion"),
-    ({"ratio": 0.5, "macs": 0.4}, "ratio and macs"), ({"batches": 0}, "batches"), ({"round_to": 0}, "round_to"),
-    ({"alpha": 2}, "alpha"), ({"macs": 1.2}, "macs"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"ratio": 1.0}, "ratio"),
+        ({"ratio": "x"}, "ratio"),
+        ({"criterion": "foo"}, "criterion"),
+        ({"ratio": 0.5, "macs": 0.4}, "ratio and macs"),
+        ({"batches": 0}, "batches"),
+        ({"round_to": 0}, "round_to"),
+        ({"alpha": 2}, "alpha"),
+        ({"macs": 1.2}, "macs"),
+    ],
+)
 def test_api_errors(yolov8n, kwargs, words):
     with pytest.raises(ValueError, match=words):
         yolo_nexp.prune(yolov8n, imgsz=IMGSZ, verbose=False, **kwargs)
@@ -159,8 +169,18 @@ def test_checkpoint_write_crash_leaves_previous_checkpoint(pruned_pt, tiny_data,
 
     monkeypatch.setattr(Path, "write_bytes", flaky_write)
     with pytest.raises(OSError, match="No space"):
-        YOLO(pruned_pt).train(trainer=NexpTrainer, data=str(tiny_data), epochs=2, imgsz=IMGSZ, batch=4, workers=0,
-                              project=str(tmp_path), name="crash", plots=False, val=False)
+        YOLO(pruned_pt).train(
+            trainer=NexpTrainer,
+            data=str(tiny_data),
+            epochs=2,
+            imgsz=IMGSZ,
+            batch=4,
+            workers=0,
+            project=str(tmp_path),
+            name="crash",
+            plots=False,
+            val=False,
+        )
     monkeypatch.undo()
     last = tmp_path / "crash" / "weights" / "last.pt"
     assert torch.load(last, weights_only=False)["epoch"] == 0

@@ -12,16 +12,16 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
+from benchmarks.common import informative
 from yolo_nexp.cli import entrypoint
 from yolo_nexp.export import export, onnx_parity
-
-from benchmarks.common import informative
 
 from .conftest import IMGSZ
 
 
 @pytest.fixture(scope="module")
 def pruned_pt(tmp_path_factory):
+    torch.manual_seed(0)  # a fixed model: the detection comparison must not depend on the draw
     model = informative(YOLO("yolov8n.yaml"))
     yolo_nexp.prune(model, ratio=0.5, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
     path = tmp_path_factory.mktemp("export") / "pruned.pt"
@@ -31,8 +31,13 @@ def pruned_pt(tmp_path_factory):
 
 def test_ultralytics_cli_exports_pruned_checkpoint(pruned_pt):
     yolo = Path(sys.executable).with_name("yolo")
-    out = subprocess.run([str(yolo), "export", f"model={pruned_pt}", "format=onnx", f"imgsz={IMGSZ}"],
-                         capture_output=True, text=True, timeout=300, cwd=pruned_pt.parent)
+    out = subprocess.run(
+        [str(yolo), "export", f"model={pruned_pt}", "format=onnx", f"imgsz={IMGSZ}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pruned_pt.parent,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     graph = onnx.load(str(pruned_pt.with_suffix(".onnx"))).graph
     weights = {i.name: i for i in graph.initializer}
@@ -51,6 +56,7 @@ def test_parity_raw_outputs_and_detections(pruned_pt, tiny_data):
 
 def test_parity_detects_a_wrong_export(pruned_pt, tmp_path):
     """The check can fail: an ONNX file of a differently pruned model does not pass against this checkpoint."""
+    torch.manual_seed(1)
     other = informative(YOLO("yolov8n.yaml"), seed=1)
     yolo_nexp.prune(other, ratio=0.5, imgsz=IMGSZ, batches=1, batch=2, seed=1, verbose=False)
     other_pt = tmp_path / "other.pt"
@@ -66,8 +72,18 @@ def test_yolo_nexp_export_command(pruned_pt, caplog):
 
 
 def test_prune_with_export_option(tiny_data, tmp_path):
-    argv = ["prune", f"data={tiny_data}", "epochs=0", "export=onnx", f"imgsz={IMGSZ}", "batch=4", "batches=2",
-            "workers=0", f"project={tmp_path}", "name=x"]
+    argv = [
+        "prune",
+        f"data={tiny_data}",
+        "epochs=0",
+        "export=onnx",
+        f"imgsz={IMGSZ}",
+        "batch=4",
+        "batches=2",
+        "workers=0",
+        f"project={tmp_path}",
+        "name=x",
+    ]
     assert entrypoint(argv) == 0
     report = json.loads((tmp_path / "x" / "report.json").read_text())
     assert Path(report["export"]["file"]).is_file() and report["export"]["parity"]["raw_ok"]

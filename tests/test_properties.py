@@ -24,7 +24,9 @@ from yolo_nexp.criteria import CRITERIA
     nc=st.integers(1, 90),
     imgsz=st.sampled_from([32, 64, 96]),
 )
-def test_pruned_model_forwards_shrinks_monotonically_and_round_trips(ratio, lower, round_to, criterion, scale, nc, imgsz):
+def test_pruned_model_forwards_shrinks_monotonically_and_round_trips(
+    ratio, lower, round_to, criterion, scale, nc, imgsz
+):
     dense = DetectionModel(f"yolov8{scale}.yaml", nc=nc, verbose=False)
     x = torch.rand(1, 3, imgsz, imgsz)
     expected = dense.eval()(x)[0].shape

@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
+from .callback import NexpPruneCallback, attach
 from .nexp import score
 from .pruner import prune
 from .report import PruneReport
 from .trainer import NexpTrainer
-from .callback import NexpPruneCallback, attach
 
 __all__ = ["__version__", "NexpPruneCallback", "NexpTrainer", "PruneReport", "attach", "prune", "score"]

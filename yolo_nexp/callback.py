@@ -92,7 +92,9 @@ def rebuild_training_state(trainer) -> None:
         (g["weight_decay"] for g in trainer.optimizer.param_groups if g.get("param_group") in {"weight", "muon"}),
         trainer.args.weight_decay,
     )
-    iterations = math.ceil(len(trainer.train_loader.dataset) / max(trainer.batch_size, trainer.args.nbs)) * trainer.epochs
+    iterations = (
+        math.ceil(len(trainer.train_loader.dataset) / max(trainer.batch_size, trainer.args.nbs)) * trainer.epochs
+    )
     trainer.optimizer = trainer.build_optimizer(
         model=trainer.model,
         name=trainer.args.optimizer,
@@ -108,8 +110,9 @@ def rebuild_training_state(trainer) -> None:
     trainer.stopper = EarlyStopping(patience=trainer.args.patience)
 
 
-def attach(model, ratio: float = 0.5, epoch: int = 0, criterion: str = "nexp", batches: int = 4, steps: int = 1,
-           **prune_kwargs) -> NexpPruneCallback:
+def attach(
+    model, ratio: float = 0.5, epoch: int = 0, criterion: str = "nexp", batches: int = 4, steps: int = 1, **prune_kwargs
+) -> NexpPruneCallback:
     """Register pruning on an Ultralytics ``YOLO`` object; its next ``model.train(...)`` prunes during training.
 
     Args:

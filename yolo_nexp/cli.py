@@ -1,8 +1,8 @@
 """``yolo-nexp``: Ultralytics-style ``key=value`` command line.
 
-    yolo-nexp prune model=yolov8m.pt data=coco.yaml ratio=0.5 epochs=10
-    yolo-nexp prune cfg=configs/recipe-yolov8m-coco.yaml epochs=1
-    yolo-nexp help
+yolo-nexp prune model=yolov8m.pt data=coco.yaml ratio=0.5 epochs=10
+yolo-nexp prune cfg=configs/recipe-yolov8m-coco.yaml epochs=1
+yolo-nexp help
 """
 
 from __future__ import annotations
@@ -95,12 +95,15 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
         elif key in DEFAULT_CFG_DICT:
             ultralytics[key] = value
         else:
-            raise UsageError(f"unknown argument '{key}': not a yolo-nexp or Ultralytics argument; see 'yolo-nexp help'.")
+            raise UsageError(
+                f"unknown argument '{key}': not a yolo-nexp or Ultralytics argument; see 'yolo-nexp help'."
+            )
     if not isinstance(plugin["trust"], bool):
         raise UsageError(f"trust must be True or False; got {plugin['trust']!r}.")
     try:
-        check_prune_args(plugin["ratio"], plugin["macs"], plugin["criterion"], plugin["alpha"], plugin["round_to"],
-                         plugin["batches"])
+        check_prune_args(
+            plugin["ratio"], plugin["macs"], plugin["criterion"], plugin["alpha"], plugin["round_to"], plugin["batches"]
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     # Ultralytics' own type and range checks, up front so a bad value fails before anything is written.

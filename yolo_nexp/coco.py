@@ -52,7 +52,9 @@ def category_ids(names: dict[int, str], coco) -> dict[int, int]:
         return {i: by_name[n] for i, n in names.items()}
     if len(cats) == len(names):
         return {i: cats[k]["id"] for k, i in enumerate(sorted(names))}
-    raise ValueError(f"coco_json: its {len(cats)} categories match neither the names nor the count of the data's classes.")
+    raise ValueError(
+        f"coco_json: its {len(cats)} categories match neither the names nor the count of the data's classes."
+    )
 
 
 def image_ids(files: list[Path], coco) -> dict[str, int]:
@@ -66,12 +68,19 @@ def to_coco_results(predictions, image_id: dict[str, int], category_id: dict[int
     results = []
     for name, classes, boxes, scores in predictions:
         for c, (x1, y1, x2, y2), s in zip(classes, boxes, scores):
-            results.append({
-                "image_id": image_id[name],
-                "category_id": category_id[int(c)],
-                "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
-                "score": round(float(s), 5),
-            })
+            results.append(
+                {
+                    "image_id": image_id[name],
+                    "category_id": category_id[int(c)],
+                    "bbox": [
+                        round(float(x1), 3),
+                        round(float(y1), 3),
+                        round(float(x2 - x1), 3),
+                        round(float(y2 - y1), 3),
+                    ],
+                    "score": round(float(s), 5),
+                }
+            )
     return results
 
 
@@ -107,8 +116,16 @@ def coco_split(data: dict, coco) -> tuple[str, list[Path]]:
     return best
 
 
-def coco_metrics(yolo, data: dict, annotations: Path, imgsz: int, batch: int = 16, conf: float = 0.001,
-                 iou: float = 0.7, max_det: int = 300) -> dict:
+def coco_metrics(
+    yolo,
+    data: dict,
+    annotations: Path,
+    imgsz: int,
+    batch: int = 16,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+) -> dict:
     """Predict on the images the json covers and score with pycocotools.
 
     Predictions use Ultralytics' predict (letterbox, NMS at ``conf``/``iou`` as its validator does),
@@ -130,5 +147,7 @@ def coco_metrics(yolo, data: dict, annotations: Path, imgsz: int, batch: int = 1
             predictions.append((Path(f).name, b.cls.numpy(), b.xyxy.numpy(), b.conf.numpy()))
     ids = image_ids(files, coco)
     metrics = evaluate(coco, to_coco_results(predictions, ids, category_ids(data["names"], coco)), list(ids.values()))
-    LOGGER.info(f"yolo-nexp: pycocotools on {len(files)} {split} images: mAP50-95 {metrics['map']:.4f}, mAP50 {metrics['map50']:.4f}")
+    LOGGER.info(
+        f"yolo-nexp: pycocotools on {len(files)} {split} images: mAP50-95 {metrics['map']:.4f}, mAP50 {metrics['map50']:.4f}"
+    )
     return {**metrics, "split": split, "images": len(files), "annotations": str(annotations)}

@@ -25,7 +25,9 @@ class ParityError(RuntimeError):
     """The exported ONNX model does not compute what the PyTorch model does."""
 
 
-def export(model: str | Path, format: str = "onnx", imgsz: int = 640, check: bool = True, images=None, **kwargs) -> dict:
+def export(
+    model: str | Path, format: str = "onnx", imgsz: int = 640, check: bool = True, images=None, **kwargs
+) -> dict:
     """Export ``model`` with Ultralytics; for ONNX, also run :func:`onnx_parity`.
 
     Args:
@@ -113,8 +115,16 @@ def _threshold_for(pt: YOLO, image, imgsz: int, k: int) -> float:
     return float(conf[0]) if len(conf) else 1e-9
 
 
-def onnx_parity(model: str | Path, onnx_file: str | Path, imgsz: int = 640, images=None, n: int = 2, seed: int = 0,
-                conf: float | None = None, top_k: int = 50) -> dict:
+def onnx_parity(
+    model: str | Path,
+    onnx_file: str | Path,
+    imgsz: int = 640,
+    images=None,
+    n: int = 2,
+    seed: int = 0,
+    conf: float | None = None,
+    top_k: int = 50,
+) -> dict:
     """Compare onnxruntime with PyTorch: raw outputs on random inputs, and detections after NMS on images.
 
     Args:

@@ -19,8 +19,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import SPPF, C2f, Concat, Conv, Detect
 from ultralytics.engine.model import Model
+from ultralytics.nn.modules import SPPF, C2f, Concat, Conv, Detect
 from ultralytics.nn.tasks import DetectionModel
 
 
@@ -75,7 +75,9 @@ def _concat_convs(first: Conv, second: Conv) -> Conv:
     out.conv.out_channels = first.conv.out_channels + second.conv.out_channels
     if getattr(out, "bn", None) is not None:
         for name in ("weight", "bias"):
-            setattr(out.bn, name, nn.Parameter(torch.cat([getattr(first.bn, name).data, getattr(second.bn, name).data])))
+            setattr(
+                out.bn, name, nn.Parameter(torch.cat([getattr(first.bn, name).data, getattr(second.bn, name).data]))
+            )
         out.bn.running_mean = torch.cat([first.bn.running_mean, second.bn.running_mean])
         out.bn.running_var = torch.cat([first.bn.running_var, second.bn.running_var])
         out.bn.num_features = out.conv.out_channels

@@ -149,7 +149,9 @@ def _finetune(yolo: YOLO, overrides: dict, save_dir: Path):
     Before the first epoch ends Ultralytics has written no ``last.pt``; the pruned model stands in for it.
     """
     try:
-        return yolo.train(trainer=NexpTrainer, **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+        return yolo.train(
+            trainer=NexpTrainer, **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
+        )
     except KeyboardInterrupt:
         weights = save_dir / "weights"
         if not (weights / "last.pt").exists():
@@ -228,7 +230,9 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         images = image_files(data["val"])[:4]
         result["export"] = export(final, format=plugin["export"], imgsz=overrides["imgsz"], images=images)
     save_json(result, save_dir / "report.json")
-    plot_channels(report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}")
+    plot_channels(
+        report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}"
+    )
     LOGGER.info(f"\n{stage_table(stages)}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)")
     return result
 

@@ -242,5 +242,7 @@ def prune(
     if verbose:
         LOGGER.info(f"yolo-nexp: {report.summary()}")
         if report.floored:
-            LOGGER.warning(f"yolo-nexp: {len(report.floored)} layers kept only their floor of channels: {', '.join(report.floored)}")
+            LOGGER.warning(
+                f"yolo-nexp: {len(report.floored)} layers kept only their floor of channels: {', '.join(report.floored)}"
+            )
     return report

@@ -77,7 +77,6 @@ class PruneReport:
         """Plain dict, with the reductions, for JSON."""
         return {**asdict(self), "macs_reduction": self.macs_reduction, "params_reduction": self.params_reduction}
 
-
     def summary(self) -> str:
         """One line: MACs and params before -> after, and the time taken."""
         return (

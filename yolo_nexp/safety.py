@@ -48,7 +48,9 @@ def checkpoint_globals(path: str | Path) -> set[str]:
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                     found.add(f"{strings[-2]}.{strings[-1]}")
         except Exception as e:  # truncated or corrupt pickle stream
-            raise ValueError(f"model: '{path}' is corrupt ({type(e).__name__}: {e}); re-save or re-download it.") from None
+            raise ValueError(
+                f"model: '{path}' is corrupt ({type(e).__name__}: {e}); re-save or re-download it."
+            ) from None
     return found
 
 

@@ -82,7 +82,12 @@ def _image(rng: np.random.Generator, size: int, nc: int, max_objects: int) -> tu
 
 
 def make_dataset(
-    root: str | Path, n_train: int = 64, n_val: int = 16, imgsz: int = 320, nc: int = 8, seed: int = 0,
+    root: str | Path,
+    n_train: int = 64,
+    n_val: int = 16,
+    imgsz: int = 320,
+    nc: int = 8,
+    seed: int = 0,
     max_objects: int = 6,
 ) -> Path:
     """Write the dataset under ``root`` (atomically: built in a temporary folder, then renamed) and return its yaml.
