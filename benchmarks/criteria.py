@@ -122,7 +122,7 @@ def main():
         f"yolov8n trained from its yaml for {cfg['base_epochs']} epochs on the synthetic dataset "
         f"({cfg['n_train']} train / {cfg['n_val']} val images at {cfg['imgsz']} px, 8 classes, up to 8 objects, seed 0); "
         f"baseline mAP50-95 **{base_map:.3f}**. Each criterion prunes it to the MACs target (ratio found by search, "
-        f"layer-uniform, round_to 8; NEXP on 4 batches of 16 training images), then fine-tunes {cfg['ft_epochs']} "
+        f"layer-uniform, round_to 1 so that the MACs can match; NEXP on 4 batches of 16 training images), then fine-tunes {cfg['ft_epochs']} "
         f"epoch(s) with NexpTrainer. Seeds {list(cfg['seeds'])}: mean ± half-range. Total {time.perf_counter() - t0:.0f} s "
         f"on 2 CPU cores.",
         "",
