@@ -50,6 +50,7 @@ def run_one(baseline: Path, data: str, criterion: str, alpha, target: float, see
         batches=4,
         batch=16,
         imgsz=cfg["imgsz"],
+        round_to=1,  # fine widths, so that every criterion lands on the MACs target
         seed=seed,
         verbose=False,
     )
