@@ -1,11 +1,21 @@
 """Shared fixtures: tiny synthetic data and small models, so the suite stays within minutes on 2 CPU cores."""
 
+from pathlib import Path
+
 import pytest
 from ultralytics import YOLO
 
 from yolo_nexp.synthetic import make_dataset
 
 IMGSZ = 64  # small input size for the tests (a multiple of the largest stride, 32)
+TINY_TRAIN = dict(imgsz=IMGSZ, batch=4, workers=0, plots=False)  # Ultralytics training arguments for tiny runs
+
+
+def n_params(model) -> int:
+    """Parameter count of a module, a YOLO object, or a checkpoint file (loaded with plain Ultralytics)."""
+    if isinstance(model, (str, Path)):
+        model = YOLO(model)
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope="session")

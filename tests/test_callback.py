@@ -8,26 +8,11 @@ from ultralytics import YOLO
 import yolo_nexp
 from yolo_nexp.callback import NexpPruneCallback
 
-from .conftest import IMGSZ
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+from .conftest import TINY_TRAIN, n_params
 
 
 def _train(model, data, project, name, epochs, **kw):
-    model.train(
-        data=str(data),
-        epochs=epochs,
-        imgsz=IMGSZ,
-        batch=4,
-        workers=0,
-        project=str(project),
-        name=name,
-        exist_ok=True,
-        plots=False,
-        **kw,
-    )
+    model.train(data=str(data), epochs=epochs, project=str(project), name=name, exist_ok=True, **TINY_TRAIN, **kw)
     return project / name / "weights"
 
 
@@ -53,7 +38,7 @@ def test_prune_at_epoch_1_of_3(tiny_data, tmp_path):
     assert n_params(trainer.model) == report.params_after
     assert n_params(trainer.ema.ema) == report.params_after
     for ckpt in ("best.pt", "last.pt"):
-        assert n_params(YOLO(weights / ckpt).model) == report.params_after, ckpt
+        assert n_params(weights / ckpt) == report.params_after, ckpt
     assert len(losses) == 3 and all(math.isfinite(v) for epoch in losses for v in epoch.values())
 
 
@@ -63,7 +48,7 @@ def test_pruning_at_initialisation(tiny_data, tmp_path):
     losses = _record_losses(model)
     weights = _train(model, tiny_data, tmp_path, "pai", epochs=2)
     (report,) = cb.reports
-    assert n_params(YOLO(weights / "last.pt").model) == report.params_after < report.params_before
+    assert n_params(weights / "last.pt") == report.params_after < report.params_before
     assert all(math.isfinite(v) for epoch in losses for v in epoch.values())
 
 
@@ -102,7 +87,7 @@ def test_resume_keeps_pruned_model_and_does_not_prune_again(tiny_data, tmp_path)
         _train(model, tiny_data, tmp_path, "resume", epochs=3)
     pruned = cb.reports[0].params_after
     last = tmp_path / "resume" / "weights" / "last.pt"
-    assert n_params(YOLO(last).model) == pruned
+    assert n_params(last) == pruned
 
     resumed = YOLO(last)
     cb2 = yolo_nexp.attach(resumed, ratio=0.5, epoch=1, batches=2, verbose=False)
@@ -112,4 +97,4 @@ def test_resume_keeps_pruned_model_and_does_not_prune_again(tiny_data, tmp_path)
     assert epochs_run == [2]  # went on after the interrupted epoch
     assert cb2.reports == []  # the pruning of epoch 1 is in the checkpoint, not done twice
     assert n_params(resumed.trainer.model) == pruned
-    assert n_params(YOLO(last).model) == pruned
+    assert n_params(last) == pruned

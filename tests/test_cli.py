@@ -11,13 +11,9 @@ from ultralytics import YOLO
 from yolo_nexp import NexpTrainer
 from yolo_nexp.cli import UsageError, entrypoint, parse_args
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, TINY_TRAIN, n_params
 
 TINY = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0"]
-
-
-def n_params(path) -> int:
-    return sum(p.numel() for p in YOLO(path).model.parameters())
 
 
 def test_plugin_arguments_are_parsed_off():
@@ -108,17 +104,7 @@ def trained_pt(tiny_data, tmp_path_factory):
     """A checkpoint trained by Ultralytics' stock trainer for one epoch."""
     project = tmp_path_factory.mktemp("trained")
     model = YOLO("yolov8n.yaml")
-    model.train(
-        data=str(tiny_data),
-        epochs=1,
-        imgsz=IMGSZ,
-        batch=4,
-        workers=0,
-        project=str(project),
-        name="t",
-        plots=False,
-        val=False,
-    )
+    model.train(data=str(tiny_data), epochs=1, project=str(project), name="t", val=False, **TINY_TRAIN)
     return project / "t" / "weights" / "last.pt"
 
 

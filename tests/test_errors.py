@@ -17,7 +17,7 @@ from yolo_nexp.report import atomic_write
 from yolo_nexp.safety import check_checkpoint, untrusted_globals
 from yolo_nexp.trainer import NexpTrainer
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, TINY_TRAIN, n_params
 
 TINY = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0", "epochs=0"]
 
@@ -150,10 +150,6 @@ def pruned_pt(tmp_path, tiny_data):
     return tmp_path / "p" / "weights" / "pruned.pt"
 
 
-def n_params(path) -> int:
-    return sum(p.numel() for p in YOLO(path).model.parameters())
-
-
 def test_checkpoint_write_crash_leaves_previous_checkpoint(pruned_pt, tiny_data, tmp_path, monkeypatch):
     """A crash while Ultralytics writes last.pt (epoch 1) leaves epoch 0's last.pt whole."""
     real_write = Path.write_bytes
@@ -173,13 +169,10 @@ def test_checkpoint_write_crash_leaves_previous_checkpoint(pruned_pt, tiny_data,
             trainer=NexpTrainer,
             data=str(tiny_data),
             epochs=2,
-            imgsz=IMGSZ,
-            batch=4,
-            workers=0,
             project=str(tmp_path),
             name="crash",
-            plots=False,
             val=False,
+            **TINY_TRAIN,
         )
     monkeypatch.undo()
     last = tmp_path / "crash" / "weights" / "last.pt"

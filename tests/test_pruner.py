@@ -86,6 +86,7 @@ def test_nexp_prunes_dead_channels_first(tiny_data):
     nexp = yolo_nexp.score(model, tiny_data, **kw)["model.1"]
     assert (nexp[:8] == 0).all()
     zero = nexp == 0  # the dead ones, and any live channel that happens not to separate these images
+
     def per_channel(bn):  # BN state is per output channel only (the conv's inputs are pruned too)
         return torch.stack([bn.weight, bn.bias, bn.running_mean, bn.running_var]).detach().clone()
 
