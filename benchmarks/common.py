@@ -76,3 +76,11 @@ def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initia
         )
         atomic_write(target, lambda tmp: shutil.copyfile(project / "base" / "weights" / "best.pt", tmp))
     return init if initial else target
+
+
+def publish(text: str, out: Path | None) -> None:
+    """Write a results file (when ``out`` is given) and print it."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print(text)

@@ -24,7 +24,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import trained_baseline  # noqa: E402
+from benchmarks.common import publish, trained_baseline  # noqa: E402
 from yolo_nexp.pipeline import cache_dir  # noqa: E402
 from yolo_nexp.synthetic import make_dataset  # noqa: E402
 
@@ -138,10 +138,9 @@ def main():
             cells += [f"{statistics.mean(cut):.1%}", fmt(pruned), fmt(tuned)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines + [""])
+    publish(text, args.out)
     if args.out:
-        args.out.write_text(text)
         plot(results, cfg, args.out.with_suffix(".png"))
-    print(text)
 
 
 def plot(results: dict, cfg: dict, path: Path) -> None:

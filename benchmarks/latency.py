@@ -27,7 +27,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import informative  # noqa: E402
+from benchmarks.common import informative, publish  # noqa: E402
 from yolo_nexp.export import onnx_parity  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 
@@ -146,10 +146,7 @@ def main():
             "",
         ]
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
 
 
 HEADER = (

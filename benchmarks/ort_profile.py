@@ -23,6 +23,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
+from benchmarks.common import publish  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 
 
@@ -98,9 +99,7 @@ def main():
         )
     lines += [f"| all kernels | {dense_sum:.2f} | 100% | {pruned_sum:.2f} | 100% | {dense_sum / pruned_sum:.2f} |", ""]
     text = "\n".join(lines)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

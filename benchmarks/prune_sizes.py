@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from ultralytics import YOLO
 
-import yolo_nexp
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yolo_nexp  # noqa: E402
+from benchmarks.common import publish  # noqa: E402
 
 
 def main():
@@ -68,10 +70,7 @@ def main():
             "",
         ]
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

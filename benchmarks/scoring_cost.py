@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import publish  # noqa: E402
 
 BATCH = 8
 
@@ -128,9 +129,7 @@ def main():
             "",
         ]
     )
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import trained_baseline  # noqa: E402
+from benchmarks.common import publish, trained_baseline  # noqa: E402
 from yolo_nexp.pipeline import cache_dir  # noqa: E402
 from yolo_nexp.synthetic import make_dataset  # noqa: E402
 
@@ -105,9 +105,7 @@ def main():
             "",
         ]
     )
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic data and small models, so the suite stays within minutes on 2 CPU cores."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,18 @@ from yolo_nexp.synthetic import make_dataset
 
 IMGSZ = 64  # small input size for the tests (a multiple of the largest stride, 32)
 TINY_TRAIN = dict(imgsz=IMGSZ, batch=4, workers=0, plots=False)  # Ultralytics training arguments for tiny runs
+
+
+TINY_PRUNE = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0"]  # yolo-nexp arguments for tiny runs
+
+
+def prune_report(data, project: Path, name: str, *args: str) -> dict:
+    """Run ``yolo-nexp prune`` on tiny data (no fine-tuning unless ``args`` say so) and return its report.json."""
+    from yolo_nexp.cli import entrypoint
+
+    argv = ["prune", f"data={data}", "epochs=0", *TINY_PRUNE, *args, f"project={project}", f"name={name}"]
+    assert entrypoint(argv) == 0
+    return json.loads((project / name / "report.json").read_text())
 
 
 def n_params(model) -> int:

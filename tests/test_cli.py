@@ -11,9 +11,9 @@ from ultralytics import YOLO
 from yolo_nexp import NexpTrainer
 from yolo_nexp.cli import UsageError, entrypoint, parse_args
 
-from .conftest import IMGSZ, TINY_TRAIN, n_params
+from .conftest import IMGSZ, TINY_PRUNE, TINY_TRAIN, n_params
 
-TINY = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0"]
+TINY = TINY_PRUNE
 
 
 def test_plugin_arguments_are_parsed_off():

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from yolo_nexp.cli import entrypoint
 from yolo_nexp.coco import NOT_AVAILABLE, category_ids, evaluate, find_annotations, image_ids, to_coco_results
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, prune_report
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 
@@ -138,20 +137,7 @@ def test_report_has_both_figures_with_a_json(tiny_data, tmp_path):
 
     names = yaml.safe_load(tiny_data.read_text())["names"]
     coco_json = _json_from_yolo_labels(tiny_data, "val", tmp_path / "instances.json", names)
-    argv = [
-        "prune",
-        f"data={tiny_data}",
-        f"coco_json={coco_json}",
-        "epochs=0",
-        f"imgsz={IMGSZ}",
-        "batch=4",
-        "batches=2",
-        "workers=0",
-        f"project={tmp_path}",
-        "name=c",
-    ]
-    assert entrypoint(argv) == 0
-    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    report = prune_report(tiny_data, tmp_path, "c", f"coco_json={coco_json}")
     for stage in ("dense", "pruned"):
         coco = report["stages"][stage]["coco"]
         assert coco["split"] == "val" and coco["images"] == 4 and 0.0 <= coco["map"] <= coco["map50"] <= 1.0
@@ -159,18 +145,6 @@ def test_report_has_both_figures_with_a_json(tiny_data, tmp_path):
 
 
 def test_report_says_not_available_without_json(tiny_data, tmp_path):
-    argv = [
-        "prune",
-        f"data={tiny_data}",
-        "epochs=0",
-        f"imgsz={IMGSZ}",
-        "batch=4",
-        "batches=2",
-        "workers=0",
-        f"project={tmp_path}",
-        "name=n",
-    ]
-    assert entrypoint(argv) == 0
-    report = json.loads((tmp_path / "n" / "report.json").read_text())
+    report = prune_report(tiny_data, tmp_path, "n")
     assert report["coco"] == NOT_AVAILABLE
     assert "coco" not in report["stages"]["dense"]  # no silent zero

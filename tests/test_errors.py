@@ -17,9 +17,9 @@ from yolo_nexp.report import atomic_write
 from yolo_nexp.safety import check_checkpoint, untrusted_globals
 from yolo_nexp.trainer import NexpTrainer
 
-from .conftest import IMGSZ, TINY_TRAIN, n_params
+from .conftest import IMGSZ, TINY_PRUNE, TINY_TRAIN, n_params
 
-TINY = [f"imgsz={IMGSZ}", "batch=4", "batches=2", "workers=0", "epochs=0"]
+TINY = [*TINY_PRUNE, "epochs=0"]
 
 
 @pytest.fixture(scope="module")

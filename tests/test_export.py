@@ -1,6 +1,5 @@
 """Export of pruned checkpoints to ONNX through Ultralytics, and the ONNX-vs-PyTorch parity check."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from benchmarks.common import informative
 from yolo_nexp.cli import entrypoint
 from yolo_nexp.export import export, onnx_parity
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, prune_report
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +71,5 @@ def test_yolo_nexp_export_command(pruned_pt, caplog):
 
 
 def test_prune_with_export_option(tiny_data, tmp_path):
-    argv = [
-        "prune",
-        f"data={tiny_data}",
-        "epochs=0",
-        "export=onnx",
-        f"imgsz={IMGSZ}",
-        "batch=4",
-        "batches=2",
-        "workers=0",
-        f"project={tmp_path}",
-        "name=x",
-    ]
-    assert entrypoint(argv) == 0
-    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    report = prune_report(tiny_data, tmp_path, "x", "export=onnx")
     assert Path(report["export"]["file"]).is_file() and report["export"]["parity"]["raw_ok"]
