@@ -41,41 +41,70 @@ def informative(model, batches: int = 4, imgsz: int = 64, seed: int = 0, gain: f
     return model
 
 
-def trained_baseline(data: str, epochs: int, imgsz: int, cache_name: str, initial: bool = False) -> Path:
+def trained_baseline(
+    data: str, epochs: int | tuple[int, ...], imgsz: int, cache_name: str, initial: bool = False
+) -> Path:
     """A yolov8n trained from its yaml on ``data`` (seed 0), cached under the plugin's cache folder, never committed.
 
     Training is the slow part of the benchmarks; the cached checkpoint is reused while the arguments match.
-    With ``initial``, the same run's weights before its first step (the untrained state of that model).
+    ``epochs`` may be a tuple of stages, e.g. ``(40, 60)``: each stage is a fresh Ultralytics run (its own
+    warm-up and learning-rate decay) started from the previous stage's best.pt, and each stage is cached,
+    so a longer schedule extends a shorter one instead of starting over.
+    With ``initial``, the first stage's weights before its first step (the untrained state of that model).
     """
     from ultralytics import YOLO
 
     from yolo_nexp.pipeline import cache_dir
+
+    stages = (epochs,) if isinstance(epochs, int) else tuple(epochs)
+    start = "yolov8n.yaml"
+    for k in range(1, len(stages) + 1):
+        target = cache_dir() / "baselines" / f"{cache_name}-e{'+'.join(map(str, stages[:k]))}-s{imgsz}.pt"
+        init = target.with_name(f"{target.stem}-init.pt") if k == 1 else None
+        if not target.is_file() or (init and not init.is_file()):
+            _train_stage(YOLO(start), data, stages[k - 1], imgsz, target, init)
+        if k == 1 and initial:
+            return init
+        start = str(target)
+    return target
+
+
+def schedule(epochs: int | tuple[int, ...]) -> str:
+    """How a baseline was trained, in words, for results files."""
+    stages = (epochs,) if isinstance(epochs, int) else tuple(epochs)
+    if len(stages) == 1:
+        return f"{stages[0]} epochs"
+    return (
+        f"{' + '.join(map(str, stages))} epochs ({len(stages)} Ultralytics runs, each from the previous run's best.pt)"
+    )
+
+
+def _train_stage(model, data: str, epochs: int, imgsz: int, target: Path, init: Path | None) -> None:
+    """One Ultralytics training run: best.pt to ``target``, its results.csv beside it, weights before step 1 to ``init``."""
     from yolo_nexp.report import atomic_write
 
-    target = cache_dir() / "baselines" / f"{cache_name}-e{epochs}-s{imgsz}.pt"
-    init = target.with_name(f"{target.stem}-init.pt")
-    if not (target.is_file() and init.is_file()):
-        project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
-        model = YOLO("yolov8n.yaml")
+    project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
+    if init:
 
         def save_initial(trainer):
             atomic_write(init, lambda tmp: torch.save({"model": deepcopy(trainer.model).half()}, tmp))
 
         model.add_callback("on_pretrain_routine_end", save_initial)
-        model.train(
-            data=data,
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=16,
-            seed=0,
-            workers=2,
-            project=str(project),
-            name="base",
-            plots=False,
-            verbose=False,
-        )
-        atomic_write(target, lambda tmp: shutil.copyfile(project / "base" / "weights" / "best.pt", tmp))
-    return init if initial else target
+    model.train(
+        data=data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=16,
+        seed=0,
+        workers=2,
+        project=str(project),
+        name="base",
+        plots=False,
+        verbose=False,
+    )
+    run = project / "base"
+    atomic_write(target.with_suffix(".csv"), lambda tmp: shutil.copyfile(run / "results.csv", tmp))  # the curve
+    atomic_write(target, lambda tmp: shutil.copyfile(run / "weights" / "best.pt", tmp))
 
 
 def publish(text: str, out: Path | None) -> None:

@@ -21,7 +21,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish, trained_baseline  # noqa: E402
+from benchmarks.common import publish, schedule, trained_baseline  # noqa: E402
 from yolo_nexp.pipeline import cache_dir  # noqa: E402
 from yolo_nexp.synthetic import make_dataset  # noqa: E402
 
@@ -54,14 +54,17 @@ def main():
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--base-epochs", type=int, default=40, help="epochs of the cached trained baseline")
+    ap.add_argument(
+        "--base-epochs", type=int, nargs="+", default=[40, 60], help="epochs of the cached trained baseline, per stage"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     name = f"criteria-384-{args.imgsz}"  # the criteria benchmark's dataset and baseline
     data = str(make_dataset(cache_dir() / name, n_train=384, n_val=96, imgsz=args.imgsz, nc=8, seed=0, max_objects=8))
-    trained = YOLO(str(trained_baseline(data, args.base_epochs, args.imgsz, name)))
-    untrained = YOLO(str(trained_baseline(data, args.base_epochs, args.imgsz, name, initial=True)))
+    trained = YOLO(str(trained_baseline(data, tuple(args.base_epochs), args.imgsz, name)))
+    untrained = YOLO(str(trained_baseline(data, tuple(args.base_epochs), args.imgsz, name, initial=True)))
+    base_map = float(trained.val(data=data, imgsz=args.imgsz, batch=16, plots=False, verbose=False).box.map)
 
     def s(model, source, batches=args.batches, seed=0):
         return yolo_nexp.score(
@@ -93,7 +96,8 @@ def main():
             "",
             f"Command: `python {' '.join(sys.argv)}`",
             "",
-            f"yolov8n (8 classes). Trained: {args.base_epochs} epochs on the synthetic dataset of the criteria benchmark; "
+            f"yolov8n (8 classes). Trained: {schedule(tuple(args.base_epochs))} on the synthetic dataset of the criteria "
+            f"benchmark, validation mAP50-95 {base_map:.3f}; "
             f"untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
             f"{args.batch} images at {args.imgsz} px unless stated. `all channels`: one rho over every channel of every "
             f"conv block (ranks across layers, as global pruning uses them); `per-layer median`: the median of the rhos "
