@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,70 +42,97 @@ def informative(model, batches: int = 4, imgsz: int = 64, seed: int = 0, gain: f
     return model
 
 
-def trained_baseline(
-    data: str, epochs: int | tuple[int, ...], imgsz: int, cache_name: str, initial: bool = False
-) -> Path:
-    """A yolov8n trained from its yaml on ``data`` (seed 0), cached under the plugin's cache folder, never committed.
+@dataclass(frozen=True)
+class Baseline:
+    """A yolov8n trained from its yaml on the seeded synthetic dataset: the model the criteria and stability
+    benchmarks prune and score. The trained checkpoint is cached under the plugin's cache folder (never
+    committed) and reused while every field matches; any change trains a new one.
 
-    Training is the slow part of the benchmarks; the cached checkpoint is reused while the arguments match.
-    ``epochs`` may be a tuple of stages, e.g. ``(40, 60)``: each stage is a fresh Ultralytics run (its own
-    warm-up and learning-rate decay) started from the previous stage's best.pt, and each stage is cached,
-    so a longer schedule extends a shorter one instead of starting over.
-    With ``initial``, the first stage's weights before its first step (the untrained state of that model).
+    AdamW at lr0 0.003 instead of Ultralytics' automatic choice (AdamW at 0.000833 for 8 classes): on this
+    data it reached mAP50-95 0.31 in 30 epochs where the default reached 0.21 in 40.
     """
-    from ultralytics import YOLO
 
-    from yolo_nexp.pipeline import cache_dir
+    n_train: int = 384
+    n_val: int = 96
+    imgsz: int = 160
+    max_objects: int = 8
+    epochs: int = 80
+    optimizer: str = "AdamW"
+    lr0: float = 0.003
+    batch: int = 16
 
-    stages = (epochs,) if isinstance(epochs, int) else tuple(epochs)
-    start = "yolov8n.yaml"
-    for k in range(1, len(stages) + 1):
-        target = cache_dir() / "baselines" / f"{cache_name}-e{'+'.join(map(str, stages[:k]))}-s{imgsz}.pt"
-        init = target.with_name(f"{target.stem}-init.pt") if k == 1 else None
-        if not target.is_file() or (init and not init.is_file()):
-            _train_stage(YOLO(start), data, stages[k - 1], imgsz, target, init)
-        if k == 1 and initial:
-            return init
-        start = str(target)
-    return target
+    @property
+    def name(self) -> str:
+        return (
+            f"yolov8n-{self.n_train}x{self.imgsz}-o{self.max_objects}-e{self.epochs}-"
+            f"{self.optimizer}{self.lr0:g}-b{self.batch}"
+        )
 
+    def data(self) -> str:
+        """The dataset's yaml (generated once, seed 0, 8 classes)."""
+        from yolo_nexp.pipeline import cache_dir
+        from yolo_nexp.synthetic import make_dataset
 
-def schedule(epochs: int | tuple[int, ...]) -> str:
-    """How a baseline was trained, in words, for results files."""
-    stages = (epochs,) if isinstance(epochs, int) else tuple(epochs)
-    if len(stages) == 1:
-        return f"{stages[0]} epochs"
-    return (
-        f"{' + '.join(map(str, stages))} epochs ({len(stages)} Ultralytics runs, each from the previous run's best.pt)"
-    )
+        root = cache_dir() / f"bench-{self.n_train}-{self.n_val}-{self.imgsz}-o{self.max_objects}"
+        return str(make_dataset(root, self.n_train, self.n_val, self.imgsz, nc=8, seed=0, max_objects=self.max_objects))
 
+    def describe(self) -> str:
+        """How the baseline was made, in words, for results files."""
+        return (
+            f"yolov8n trained from its yaml for {self.epochs} epochs ({self.optimizer} lr0 {self.lr0:g}, batch "
+            f"{self.batch}, seed 0) on the synthetic dataset ({self.n_train} train / {self.n_val} val images at "
+            f"{self.imgsz} px, 8 classes, up to {self.max_objects} objects, clutter and occlusion, seed 0)"
+        )
 
-def _train_stage(model, data: str, epochs: int, imgsz: int, target: Path, init: Path | None) -> None:
-    """One Ultralytics training run: best.pt to ``target``, its results.csv beside it, weights before step 1 to ``init``."""
-    from yolo_nexp.report import atomic_write
+    def weights(self, initial: bool = False) -> Path:
+        """The trained checkpoint (trained now if not cached); with ``initial``, the same run's weights before
+        its first training step (the untrained state of that model)."""
+        target, init = self._paths()
+        if not self.cached():
+            self._train(target, init)
+        return init if initial else target
 
-    project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
-    if init:
+    def cached(self) -> bool:
+        """Whether the trained (and the untrained) checkpoint are in the cache already."""
+        return all(p.is_file() for p in self._paths())
+
+    def _paths(self) -> tuple[Path, Path]:
+        from yolo_nexp.pipeline import cache_dir
+
+        target = cache_dir() / "baselines" / f"{self.name}.pt"
+        return target, target.with_name(f"{target.stem}-init.pt")
+
+    def _train(self, target: Path, init: Path) -> None:
+        """One Ultralytics run: best.pt to ``target``, results.csv (the curve) beside it, weights before step 1 to ``init``."""
+        from ultralytics import YOLO
+
+        from yolo_nexp.report import atomic_write
+
+        project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
+        model = YOLO("yolov8n.yaml")
 
         def save_initial(trainer):
             atomic_write(init, lambda tmp: torch.save({"model": deepcopy(trainer.model).half()}, tmp))
 
         model.add_callback("on_pretrain_routine_end", save_initial)
-    model.train(
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=16,
-        seed=0,
-        workers=2,
-        project=str(project),
-        name="base",
-        plots=False,
-        verbose=False,
-    )
-    run = project / "base"
-    atomic_write(target.with_suffix(".csv"), lambda tmp: shutil.copyfile(run / "results.csv", tmp))  # the curve
-    atomic_write(target, lambda tmp: shutil.copyfile(run / "weights" / "best.pt", tmp))
+        model.train(
+            data=self.data(),
+            epochs=self.epochs,
+            imgsz=self.imgsz,
+            batch=self.batch,
+            optimizer=self.optimizer,
+            lr0=self.lr0,
+            seed=0,
+            workers=2,
+            project=str(project),
+            name="base",
+            plots=False,
+            verbose=False,
+        )
+        run = project / "base"
+        atomic_write(target.with_suffix(".csv"), lambda tmp: shutil.copyfile(run / "results.csv", tmp))
+        atomic_write(target, lambda tmp: shutil.copyfile(run / "weights" / "best.pt", tmp))
+        shutil.rmtree(project, ignore_errors=True)
 
 
 def publish(text: str, out: Path | None) -> None:

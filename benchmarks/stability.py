@@ -21,9 +21,10 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish, schedule, trained_baseline  # noqa: E402
-from yolo_nexp.pipeline import cache_dir  # noqa: E402
-from yolo_nexp.synthetic import make_dataset  # noqa: E402
+from benchmarks.common import Baseline, publish  # noqa: E402
+from yolo_nexp.data import calibration_batches  # noqa: E402
+from yolo_nexp.graph import conv_blocks, detection_model  # noqa: E402
+from yolo_nexp.nexp import recording  # noqa: E402
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "train2017"
 
@@ -42,34 +43,76 @@ def spearmanr(a, b) -> tuple[float]:
     return (float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1]),)
 
 
-def rho(a: dict, b: dict) -> tuple[float, float]:
-    """Spearman rho over all channels of all layers, and the median of the per-layer rhos."""
+PRUNED = 0.27  # fraction of each layer's channels that the criteria benchmark's 46% MACs cut removes
+
+
+def rho(a: dict, b: dict) -> tuple[float, float, float]:
+    """Spearman rho over all channels of all layers, the median of the per-layer rhos, and the pruning overlap.
+
+    Overlap: of the channels that ``a`` ranks in the lowest ``PRUNED`` fraction of their layer, the share that
+    ``b`` ranks there too (ties broken at random); chance level is ``PRUNED``, identical rankings give 1.
+    """
     all_a, all_b = torch.cat([a[k] for k in a]), torch.cat([b[k] for k in a])
     per_layer = [spearmanr(a[k], b[k])[0] for k in a if len(a[k]) > 2 and a[k].std() > 0 and b[k].std() > 0]
-    return float(spearmanr(all_a, all_b)[0]), float(statistics.median(per_layer))
+    gen = torch.Generator().manual_seed(0)
+    both = total = 0
+    for k in a:
+        n = int(len(a[k]) * PRUNED)
+        low_a, low_b = (set(lowest(x[k], n, gen).tolist()) for x in (a, b))
+        both, total = both + len(low_a & low_b), total + n
+    return float(spearmanr(all_a, all_b)[0]), float(statistics.median(per_layer)), both / total
+
+
+def lowest(scores: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of the ``n`` lowest scores, exact ties (dead channels all score 0) broken at random."""
+    jitter = torch.rand(len(scores), generator=gen, dtype=torch.float64) * 1e-12
+    return torch.argsort(scores.double() + jitter)[:n]
+
+
+def firing_rates(model, source, batches: int, imgsz: int, batch: int) -> dict[str, torch.Tensor]:
+    """Per conv block and channel: the share of (image, position) where it fires (output > 0)."""
+    det = detection_model(model).eval()
+    with recording(conv_blocks(det)) as counters, torch.inference_mode():
+        for x in calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch):
+            det(x)
+    return {k: c.counts.flatten(1).double().mean(1) / c.n for k, c in counters.items()}
+
+
+def filter_norms(model) -> dict[str, torch.Tensor]:
+    """L2 norm of every output filter of every conv block (the magnitude the l2 criterion ranks by)."""
+    return {
+        k: b.conv.weight.detach().float().flatten(1).norm(dim=1) for k, b in conv_blocks(detection_model(model)).items()
+    }
+
+
+def low_nexp_profile(scores: dict, rates: dict) -> tuple[str, str]:
+    """What the channels NEXP would prune first are: shares mostly off / mostly on / in between, among all
+    channels and among each layer's lowest ``PRUNED`` fraction by NEXP."""
+    gen = torch.Generator().manual_seed(0)
+    every = torch.cat([rates[k] for k in scores])
+    low = torch.cat([rates[k][lowest(scores[k], int(len(scores[k]) * PRUNED), gen)] for k in scores])
+
+    def shares(r: torch.Tensor) -> str:
+        off, on = (r < 0.1).double().mean().item(), (r > 0.9).double().mean().item()
+        return f"{off:.0%} | {on:.0%} | {1 - off - on:.0%}"
+
+    return shares(every), shares(low)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument(
-        "--base-epochs", type=int, nargs="+", default=[40, 60], help="epochs of the cached trained baseline, per stage"
-    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    name = f"criteria-384-{args.imgsz}"  # the criteria benchmark's dataset and baseline
-    data = str(make_dataset(cache_dir() / name, n_train=384, n_val=96, imgsz=args.imgsz, nc=8, seed=0, max_objects=8))
-    trained = YOLO(str(trained_baseline(data, tuple(args.base_epochs), args.imgsz, name)))
-    untrained = YOLO(str(trained_baseline(data, tuple(args.base_epochs), args.imgsz, name, initial=True)))
-    base_map = float(trained.val(data=data, imgsz=args.imgsz, batch=16, plots=False, verbose=False).box.map)
+    base = Baseline()  # the criteria benchmark's dataset and trained model (trained now if not cached)
+    data, imgsz = base.data(), base.imgsz
+    trained, untrained = YOLO(str(base.weights())), YOLO(str(base.weights(initial=True)))
+    base_map = float(trained.val(data=data, imgsz=imgsz, batch=16, plots=False, verbose=False).box.map)
 
     def s(model, source, batches=args.batches, seed=0):
-        return yolo_nexp.score(
-            model, source, batches=batches, imgsz=args.imgsz, batch=args.batch, seed=seed, verbose=False
-        )
+        return yolo_nexp.score(model, source, batches=batches, imgsz=imgsz, batch=args.batch, seed=seed, verbose=False)
 
     rows = []
     for state, model in (("trained", trained), ("untrained", untrained)):
@@ -79,16 +122,21 @@ def main():
             "train split vs COCO128 images": s(model, COCO128),
             "train split vs train split, other images (seed 1)": s(model, data, seed=1),
             "1 batch vs 8 batches of the train split": None,
+            "NEXP (train split) vs filter L2 norm": filter_norms(model),
         }
         for label, other in comparisons.items():
             if other is None:
                 r = rho(s(model, data, batches=1), s(model, data, batches=8))
             else:
                 r = rho(train, other)
-            rows.append(f"| {state} | {label} | {r[0]:.3f} | {r[1]:.3f} |")
+            rows.append(f"| {state} | {label} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
             print(rows[-1], flush=True)
     r = rho(s(untrained, data), s(trained, data))
-    rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} |")
+    rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
+    profile = []
+    for state, model in (("trained", trained), ("untrained", untrained)):
+        every, low = low_nexp_profile(s(model, data), firing_rates(model, data, args.batches, imgsz, args.batch))
+        profile += [f"| {state} | all channels | {every} |", f"| {state} | lowest 27% by NEXP, per layer | {low} |"]
 
     text = "\n".join(
         [
@@ -96,16 +144,25 @@ def main():
             "",
             f"Command: `python {' '.join(sys.argv)}`",
             "",
-            f"yolov8n (8 classes). Trained: {schedule(tuple(args.base_epochs))} on the synthetic dataset of the criteria "
-            f"benchmark, validation mAP50-95 {base_map:.3f}; "
-            f"untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
-            f"{args.batch} images at {args.imgsz} px unless stated. `all channels`: one rho over every channel of every "
+            f"Trained: the criteria benchmark's baseline, {base.describe()}; validation mAP50-95 {base_map:.3f}. "
+            f"Untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
+            f"{args.batch} images at {imgsz} px unless stated. `all channels`: one rho over every channel of every "
             f"conv block (ranks across layers, as global pruning uses them); `per-layer median`: the median of the rhos "
-            f"within each block (ranks within a layer, as layer-uniform pruning uses them).",
+            f"within each block (ranks within a layer, as layer-uniform pruning uses them); `same lowest 27%`: of the "
+            f"channels the first ranks in the lowest 27% of their layer (what the 46% MACs cut removes), the share the "
+            f"second ranks there too (chance: 0.27).",
             "",
-            "| model | comparison | rho, all channels | rho, per-layer median |",
-            "|---|---|---|---|",
+            "| model | comparison | rho, all channels | rho, per-layer median | same lowest 27% |",
+            "|---|---|---|---|---|",
             *rows,
+            "",
+            "What NEXP prunes first, on the train split: the share of channels that fire (output > 0) at under 10% "
+            "of (image, position) pairs (mostly off), at over 90% (mostly on: the sign never changes, the value may), "
+            "or in between.",
+            "",
+            "| model | channels | mostly off | mostly on | in between |",
+            "|---|---|---|---|---|",
+            *profile,
             "",
         ]
     )
