@@ -38,6 +38,11 @@ CRITERIA = [("nexp", None), ("l1", None), ("l2", None), ("random", None), ("bn",
     ("hybrid", a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)
 ]
 FULL = dict(base=Baseline(), ft_epochs=2, targets=(0.46, 0.70), probes=(0.10, 0.20, 0.30), seeds=(0, 1))
+SMOKE_NOTE = [
+    "`--quick` is a smoke run: its baseline trains too briefly to detect anything, so these numbers only show "
+    "that every step runs end to end; which criterion is better is answered by `criteria.md`.",
+    "",
+]
 QUICK = dict(base=Baseline(n_train=48, n_val=16, epochs=5), ft_epochs=1, targets=(0.46,), probes=(0.20,), seeds=(0,))
 MIN_GAP = 0.005  # mAP50-95 differences below this are not flagged, whatever the spread (e.g. 0.00001 vs 0)
 CALIBRATION = dict(batches=4, batch=16)  # NEXP scores on 4 batches of 16 training images
@@ -188,6 +193,7 @@ def main():
         f"{t_base / 60:.1f} min (its results.csv; {'cached this time' if cached else 'trained in this run'}), "
         f"targets {t_main / 60:.1f} min, probes {t_probes / 60:.1f} min.",
         "",
+        *SMOKE_NOTE * args.quick,
         "| criterion | "
         + " | ".join(f"MACs cut ({t:.0%}) | after pruning | after fine-tuning" for t in targets)
         + " |",

@@ -6,8 +6,8 @@ from ultralytics import YOLO
 from ultralytics.nn.modules import C2f
 
 import yolo_nexp
-from yolo_nexp.criteria import CRITERIA
 from benchmarks.common import informative
+from yolo_nexp.criteria import CRITERIA
 from yolo_nexp.graph import C2fSplit, conv_blocks, never_pruned
 from yolo_nexp.report import macs_and_params
 
