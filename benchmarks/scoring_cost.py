@@ -4,7 +4,7 @@ forward passes of the same images (the overhead) and against a naive pairwise im
 Every measurement runs in a fresh process so that its peak resident memory is its own.
 
 Usage:
-    python benchmarks/scoring_cost.py --scales n s m --images 8 32 128 256 --repeats 3 --out benchmarks/results/scoring_cost.md
+    python benchmarks/scoring_cost.py --scales n s m --images 8 32 128 256 --repeats 2 --out benchmarks/results/scoring_cost.md
 """
 
 from __future__ import annotations
