@@ -3,6 +3,9 @@
 Sources: the training split (synthetic data), uniform noise, the real COCO128 images, and 1 batch
 against 8 batches of the training split; states: the same yolov8n before its first training step and
 after training (the criteria benchmark's baseline, trained if not cached).
+And what NEXP ranks by: it is exactly 2N/(N-1) * q(1-q) * (1 - position share) (firing rate q; the
+share of the firing variance that the spatial position explains), so the script correlates it with
+both factors and profiles the channels it would prune first.
 
 Usage:
     python benchmarks/stability.py --out benchmarks/results/stability.md
@@ -24,7 +27,7 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, publish  # noqa: E402
 from yolo_nexp.data import calibration_batches  # noqa: E402
 from yolo_nexp.graph import conv_blocks, detection_model  # noqa: E402
-from yolo_nexp.nexp import recording  # noqa: E402
+from yolo_nexp.nexp import FiringCounter, recording  # noqa: E402
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "train2017"
 
@@ -69,13 +72,31 @@ def lowest(scores: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.argsort(scores.double() + jitter)[:n]
 
 
-def firing_rates(model, source, batches: int, imgsz: int, batch: int) -> dict[str, torch.Tensor]:
-    """Per conv block and channel: the share of (image, position) where it fires (output > 0)."""
+def firing_counts(model, source, batches: int, imgsz: int, batch: int) -> dict[str, FiringCounter]:
+    """Per conv block: the scorer's own firing counts (images with output > 0, per channel and position)."""
     det = detection_model(model).eval()
     with recording(conv_blocks(det)) as counters, torch.inference_mode():
         for x in calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch):
             det(x)
-    return {k: c.counts.flatten(1).double().mean(1) / c.n for k, c in counters.items()}
+    return counters
+
+
+def position_share(counter: FiringCounter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel: the firing rate q, and the share of the firing variance that the position explains.
+
+    With q_p the share of images that fire at position p and q their mean, the variance of the binary
+    map over (image, position) is q(1 - q) = mean_p q_p(1 - q_p) (across images, within a position)
+    + the variance of q_p over positions. NEXP is 2N/(N-1) times the first term, so
+    NEXP = 2N/(N-1) * q(1 - q) * (1 - share): a channel scores low if it is mostly off, mostly on, or
+    fires where it fires because of the position rather than the image. NaN for channels that never
+    change (q = 0 or 1).
+    """
+    q_p = counter.counts.flatten(1).double() / counter.n
+    q = q_p.mean(1)
+    total = q * (1 - q)
+    within = (q_p * (1 - q_p)).mean(1)
+    share = torch.where(total > 0, 1 - within / total, torch.full_like(total, float("nan")))
+    return q, share
 
 
 def filter_norms(model) -> dict[str, torch.Tensor]:
@@ -85,18 +106,21 @@ def filter_norms(model) -> dict[str, torch.Tensor]:
     }
 
 
-def low_nexp_profile(scores: dict, rates: dict) -> tuple[str, str]:
-    """What the channels NEXP would prune first are: shares mostly off / mostly on / in between, among all
-    channels and among each layer's lowest ``PRUNED`` fraction by NEXP."""
+def low_nexp_profile(counters: dict[str, FiringCounter]) -> tuple[str, str]:
+    """What the channels NEXP would prune first are: shares mostly off / mostly on / in between, and the median
+    position share of the in-between ones, among all channels and among each layer's lowest ``PRUNED`` fraction."""
     gen = torch.Generator().manual_seed(0)
-    every = torch.cat([rates[k] for k in scores])
-    low = torch.cat([rates[k][lowest(scores[k], int(len(scores[k]) * PRUNED), gen)] for k in scores])
+    stats = {k: (c.score(), *position_share(c)) for k, c in counters.items()}
+    every = [torch.cat([s[i] for s in stats.values()]) for i in (1, 2)]
+    low_idx = {k: lowest(s[0], int(len(s[0]) * PRUNED), gen) for k, s in stats.items()}
+    low = [torch.cat([s[i][low_idx[k]] for k, s in stats.items()]) for i in (1, 2)]
 
-    def shares(r: torch.Tensor) -> str:
-        off, on = (r < 0.1).double().mean().item(), (r > 0.9).double().mean().item()
-        return f"{off:.0%} | {on:.0%} | {1 - off - on:.0%}"
+    def shares(rate: torch.Tensor, share: torch.Tensor) -> str:
+        off, on = rate < 0.1, rate > 0.9
+        between = share[~off & ~on]
+        return f"{off.double().mean():.0%} | {on.double().mean():.0%} | {1 - (off | on).double().mean():.0%} | {between.median():.2f}"
 
-    return shares(every), shares(low)
+    return shares(*every), shares(*low)
 
 
 def main():
@@ -114,29 +138,32 @@ def main():
     def s(model, source, batches=args.batches, seed=0):
         return yolo_nexp.score(model, source, batches=batches, imgsz=imgsz, batch=args.batch, seed=seed, verbose=False)
 
-    rows = []
+    rows, profile, train = [], [], {}
     for state, model in (("trained", trained), ("untrained", untrained)):
-        train = s(model, data)
+        counters = firing_counts(model, data, args.batches, imgsz, args.batch)  # the same images as s(model, data)
+        train[state] = {k: c.score() for k, c in counters.items()}
+        rate, share = ({k: position_share(c)[i] for k, c in counters.items()} for i in (0, 1))
         comparisons = {
             "train split vs noise": s(model, "noise"),
             "train split vs COCO128 images": s(model, COCO128),
             "train split vs train split, other images (seed 1)": s(model, data, seed=1),
             "1 batch vs 8 batches of the train split": None,
             "NEXP (train split) vs filter L2 norm": filter_norms(model),
+            "NEXP vs firing balance q(1-q)": {k: q * (1 - q) for k, q in rate.items()},
+            # channels that never change have no position share; their NEXP is 0 whatever this factor is
+            "NEXP vs image-driven share (1 - position share)": {k: 1 - x.nan_to_num(1.0) for k, x in share.items()},
         }
         for label, other in comparisons.items():
             if other is None:
                 r = rho(s(model, data, batches=1), s(model, data, batches=8))
             else:
-                r = rho(train, other)
+                r = rho(train[state], other)
             rows.append(f"| {state} | {label} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
             print(rows[-1], flush=True)
-    r = rho(s(untrained, data), s(trained, data))
-    rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
-    profile = []
-    for state, model in (("trained", trained), ("untrained", untrained)):
-        every, low = low_nexp_profile(s(model, data), firing_rates(model, data, args.batches, imgsz, args.batch))
+        every, low = low_nexp_profile(counters)
         profile += [f"| {state} | all channels | {every} |", f"| {state} | lowest 27% by NEXP, per layer | {low} |"]
+    r = rho(train["untrained"], train["trained"])
+    rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
 
     text = "\n".join(
         [
@@ -150,7 +177,11 @@ def main():
             f"conv block (ranks across layers, as global pruning uses them); `per-layer median`: the median of the rhos "
             f"within each block (ranks within a layer, as layer-uniform pruning uses them); `same lowest 27%`: of the "
             f"channels the first ranks in the lowest 27% of their layer (what the 46% MACs cut removes), the share the "
-            f"second ranks there too (chance: 0.27).",
+            f"second ranks there too (chance: 0.27). The last two rows of each model compare NEXP with the two factors "
+            f"it is the product of: NEXP = 2N/(N-1) * q(1-q) * (1 - position share), for a channel firing (output > 0) "
+            f"at a share q of the (image, position) pairs, where the position share is the part of the firing variance "
+            f"q(1-q) that the spatial position explains (0: where the channel fires depends only on the image; 1: only "
+            f"on the position, the same in every image).",
             "",
             "| model | comparison | rho, all channels | rho, per-layer median | same lowest 27% |",
             "|---|---|---|---|---|",
@@ -158,10 +189,10 @@ def main():
             "",
             "What NEXP prunes first, on the train split: the share of channels that fire (output > 0) at under 10% "
             "of (image, position) pairs (mostly off), at over 90% (mostly on: the sign never changes, the value may), "
-            "or in between.",
+            "or in between; and, for those in between, the median position share.",
             "",
-            "| model | channels | mostly off | mostly on | in between |",
-            "|---|---|---|---|---|",
+            "| model | channels | mostly off | mostly on | in between | position share (in between, median) |",
+            "|---|---|---|---|---|---|",
             *profile,
             "",
         ]

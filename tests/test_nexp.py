@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import yolo_nexp
+from benchmarks.stability import position_share
 from yolo_nexp.graph import conv_blocks
 from yolo_nexp.nexp import FiringCounter, nexp_from_counts, nexp_pairwise, recording
 
@@ -37,6 +38,21 @@ def test_closed_form_equals_pairwise_on_real_layer_activations(yolov8n):
     expected = nexp_pairwise(acts)
     assert expected.max() > 0.05  # real activations do separate images, so the check is not trivially 0 == 0
     torch.testing.assert_close(counter.score(), expected, rtol=0, atol=1e-6)
+
+
+def test_nexp_decomposes_into_firing_rate_and_position_share():
+    """The stability benchmark explains NEXP as 2N/(N-1) * q(1-q) * (1 - position share); check it on maps where
+    one channel is position-driven (fires on the left half in every image) and one is image-driven."""
+    n, h, w = 8, 4, 6
+    acts = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(0))
+    acts[:, 0] = torch.where(torch.arange(w) < w // 2, 1.0, -1.0)  # same map for every image
+    acts[:, 1] = torch.where(torch.arange(n) < n // 2, 1.0, -1.0).view(n, 1, 1)  # all on or all off, by image
+    counter = FiringCounter()
+    counter.update(acts)
+    q, share = position_share(counter)
+    torch.testing.assert_close(share[:2], torch.tensor([1.0, 0.0], dtype=share.dtype))
+    torch.testing.assert_close((2 * n / (n - 1) * q * (1 - q) * (1 - share)).float(), counter.score())
+    assert counter.score()[0] == 0 and counter.score()[1] > 0.5  # both fire half the time; only one separates images
 
 
 def test_dead_and_saturated_channels_score_zero():
