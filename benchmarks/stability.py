@@ -106,21 +106,20 @@ def filter_norms(model) -> dict[str, torch.Tensor]:
     }
 
 
-def low_nexp_profile(counters: dict[str, FiringCounter]) -> tuple[str, str]:
+def low_nexp_profile(scores: dict, rate: dict, share: dict) -> tuple[str, str]:
     """What the channels NEXP would prune first are: shares mostly off / mostly on / in between, and the median
     position share of the in-between ones, among all channels and among each layer's lowest ``PRUNED`` fraction."""
     gen = torch.Generator().manual_seed(0)
-    stats = {k: (c.score(), *position_share(c)) for k, c in counters.items()}
-    every = [torch.cat([s[i] for s in stats.values()]) for i in (1, 2)]
-    low_idx = {k: lowest(s[0], int(len(s[0]) * PRUNED), gen) for k, s in stats.items()}
-    low = [torch.cat([s[i][low_idx[k]] for k, s in stats.items()]) for i in (1, 2)]
+    low = {k: lowest(x, int(len(x) * PRUNED), gen) for k, x in scores.items()}
+    every = [torch.cat(list(d.values())) for d in (rate, share)]
+    lows = [torch.cat([d[k][i] for k, i in low.items()]) for d in (rate, share)]
 
     def shares(rate: torch.Tensor, share: torch.Tensor) -> str:
         off, on = rate < 0.1, rate > 0.9
         between = share[~off & ~on]
         return f"{off.double().mean():.0%} | {on.double().mean():.0%} | {1 - (off | on).double().mean():.0%} | {between.median():.2f}"
 
-    return shares(*every), shares(*low)
+    return shares(*every), shares(*lows)
 
 
 def main():
@@ -160,7 +159,7 @@ def main():
                 r = rho(train[state], other)
             rows.append(f"| {state} | {label} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
             print(rows[-1], flush=True)
-        every, low = low_nexp_profile(counters)
+        every, low = low_nexp_profile(train[state], rate, share)
         profile += [f"| {state} | all channels | {every} |", f"| {state} | lowest 27% by NEXP, per layer | {low} |"]
     r = rho(train["untrained"], train["trained"])
     rows.append(f"| untrained vs trained | same images (train split) | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.2f} |")
