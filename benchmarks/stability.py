@@ -141,7 +141,8 @@ def main():
     for state, model in (("trained", trained), ("untrained", untrained)):
         counters = firing_counts(model, data, args.batches, imgsz, args.batch)  # the same images as s(model, data)
         train[state] = {k: c.score() for k, c in counters.items()}
-        rate, share = ({k: position_share(c)[i] for k, c in counters.items()} for i in (0, 1))
+        factors = {k: position_share(c) for k, c in counters.items()}
+        rate, share = ({k: f[i] for k, f in factors.items()} for i in (0, 1))
         comparisons = {
             "train split vs noise": s(model, "noise"),
             "train split vs COCO128 images": s(model, COCO128),
