@@ -1,6 +1,14 @@
 """Importance criteria as Torch-Pruning importance objects: ``imp(group) -> tensor[channels]``, low is pruned first.
 
-Magnitude-based criteria are Torch-Pruning's own; only NEXP and the hybrid are written here.
+Magnitude criteria are Torch-Pruning's own; the NEXP family is written here:
+
+- ``nexp``: the binary score of DESIGN.md section 1, exactly (mean Hamming distance between the channel's
+  firing maps for two different images);
+- ``nexpc``: the same pairwise distance on the raw activations (squared, so it equals ``nexp`` on binary
+  maps): it also sees how far apart the maps are, not only whether they cross zero;
+- ``nexp_use``: what a consumer loses when the channel goes and its mean is folded in (the repair): the
+  spread of the channel's values as each consumer receives them (half the mean squared distance between
+  two of its samples) times the consumer's BN-normalised weight energy on it, summed over consumers.
 """
 
 from __future__ import annotations
@@ -9,16 +17,20 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-CRITERIA = ("nexp", "hybrid", "l1", "l2", "tp", "bn", "random")
+from .graph import conv_blocks
+from .nexp import nexp_continuous
+
+CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")
+# What each data-driven criterion needs from the calibration pass (see calibration.calibrate).
+NEEDS = {"nexp": "firing", "hybrid": "firing", "nexpc": "spread", "nexp_use": "inputs"}
 _OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
-NEEDS_SCORES = ("nexp", "hybrid")  # criteria that need calibration data
 
 
-class NexpImportance(tp.importance.Importance):
-    """Group NEXP: per group channel, the mean NEXP of every member conv that produces it.
+class ProducerScoreImportance(tp.importance.Importance):
+    """Per group channel, the mean score of every member conv that produces it (group NEXP, DESIGN.md section 1).
 
     Args:
-        scores (dict[nn.Conv2d, torch.Tensor]): NEXP per output channel of each scored ``nn.Conv2d``.
+        scores (dict[nn.Conv2d, torch.Tensor]): A score per output channel of each scored ``nn.Conv2d``.
     """
 
     def __init__(self, scores: dict[nn.Module, torch.Tensor]):
@@ -27,7 +39,7 @@ class NexpImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        """Mean NEXP of the producers of each root channel of ``group`` (None if no member was scored)."""
+        """Mean score of the producers of each root channel of ``group`` (None if no member was scored)."""
         total = count = None
         for item in group:
             dep, idxs = item.dep, item.idxs
@@ -45,15 +57,64 @@ class NexpImportance(tp.importance.Importance):
         return (total / count.clamp(min=1)).float()
 
 
+NexpImportance = ProducerScoreImportance  # the name the NEXP score was published under
+
+
+class ConsumerUseImportance(tp.importance.Importance):
+    """Expected error a channel's removal leaves in its consumers: sum over consumers of ``var_j * ||s * W[:, j]||^2``.
+
+    ``var_j`` is the variance of input channel ``j`` as the consumer receives it (over images and positions:
+    what folding its mean into the consumer cannot restore), ``W[:, j]`` the consumer's weights on it and ``s``
+    the scale of the consumer's BatchNorm (``gamma / sqrt(running_var + eps)``, 1 without one), so the error is
+    measured in the consumer's normalised pre-activations, comparable across layers.
+
+    Args:
+        input_var (dict[nn.Conv2d, torch.Tensor] | None): Variance per input channel of each conv; None weighs
+            every input by 1 (pure consumer weight energy).
+        model (nn.Module): The model, to find the BatchNorm after each consumer conv.
+    """
+
+    def __init__(self, input_var: dict[nn.Module, torch.Tensor] | None, model: nn.Module):
+        """Map each conv of an Ultralytics ``Conv`` block to its BatchNorm."""
+        self.input_var = input_var
+        self.bn_of = {
+            b.conv: b.bn for b in conv_blocks(model).values() if isinstance(getattr(b, "bn", None), nn.BatchNorm2d)
+        }
+
+    def output_scale(self, conv: nn.Conv2d) -> torch.Tensor:
+        """Per output channel, how much the BatchNorm after ``conv`` scales its pre-activation."""
+        bn = self.bn_of.get(conv)
+        if bn is None:
+            return torch.ones(conv.out_channels, device=conv.weight.device)
+        return (bn.weight / (bn.running_var + bn.eps).sqrt()).detach()
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        """Summed consumer error per root channel of ``group`` (None if nothing in the group consumes it)."""
+        total = None
+        for item in group:
+            conv = item.dep.target.module
+            if item.dep.handler != tp.prune_conv_in_channels or conv.groups != 1 or None in item.root_idxs:
+                continue
+            idxs = torch.as_tensor(item.idxs, dtype=torch.long, device=conv.weight.device)
+            energy = (conv.weight[:, idxs].pow(2).sum((2, 3)) * self.output_scale(conv)[:, None].pow(2)).sum(0)
+            if self.input_var is not None and conv in self.input_var:
+                energy = energy * self.input_var[conv].to(energy.device)[idxs]
+            if total is None:
+                total = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+            total.index_add_(0, torch.as_tensor(item.root_idxs, dtype=torch.long), energy.double().cpu())
+        return None if total is None else total.float()
+
+
 class HybridImportance(tp.importance.Importance):
     """``alpha * nexp~ + (1 - alpha) * magnitude~``, each term normalised within the group to mean 1.
 
     Args:
-        nexp (NexpImportance): The NEXP term.
+        nexp (ProducerScoreImportance): The NEXP term.
         alpha (float): Weight of NEXP; 1 is pure NEXP, 0 pure magnitude (group L2 norm).
     """
 
-    def __init__(self, nexp: NexpImportance, alpha: float = 0.5):
+    def __init__(self, nexp: ProducerScoreImportance, alpha: float = 0.5):
         """Combine ``nexp`` with Torch-Pruning's group L2 magnitude."""
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
@@ -80,20 +141,28 @@ def check_criterion(criterion: str) -> None:
         raise ValueError(f"criterion: unknown '{criterion}', choose one of {', '.join(CRITERIA)}.")
 
 
-def build_importance(criterion: str, conv_scores: dict[nn.Module, torch.Tensor] | None = None, alpha: float = 0.5):
+def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float = 0.5):
     """The importance object for ``criterion``.
 
     Args:
         criterion (str): One of :data:`CRITERIA`.
-        conv_scores (dict[nn.Conv2d, torch.Tensor] | None): NEXP per ``nn.Conv2d``, needed by nexp and hybrid.
+        model (nn.Module): The (split) model being pruned; scores are keyed by its modules.
+        calib (Calibration | None): The calibration statistics the criterion needs (see :data:`NEEDS`).
         alpha (float): NEXP weight of the hybrid criterion.
     """
     check_criterion(criterion)
-    if criterion in NEEDS_SCORES:
-        if conv_scores is None:
-            raise ValueError(f"criterion '{criterion}' needs NEXP scores.")
-        nexp = NexpImportance(conv_scores)
-        return nexp if criterion == "nexp" else HybridImportance(nexp, alpha)
+    if criterion in NEEDS and calib is None:
+        raise ValueError(f"criterion '{criterion}' needs calibration statistics.")
+    if criterion == "nexp_use":
+        return ConsumerUseImportance({conv: m.var for conv, m in calib.inputs.items()}, model)
+    if criterion in ("nexp", "hybrid", "nexpc"):
+        blocks = conv_blocks(model)
+        if criterion == "nexpc":
+            per_conv = {blocks[name].conv: nexp_continuous(m.var.cpu()) for name, m in calib.spread.items()}
+        else:
+            per_conv = {blocks[name].conv: counter.score() for name, counter in calib.firing.items()}
+        nexp = ProducerScoreImportance(per_conv)
+        return HybridImportance(nexp, alpha) if criterion == "hybrid" else nexp
     if criterion in ("l1", "l2"):  # norm of the producing filters only, the classic filter-norm criterion
         return tp.importance.GroupMagnitudeImportance(p=int(criterion[1]), group_reduction="first", normalizer=None)
     if criterion == "tp":  # group L2 norm over every coupled layer, as Torch-Pruning's YOLOv8 example prunes

@@ -40,6 +40,22 @@ def nexp_from_counts(counts: torch.Tensor, n: int) -> torch.Tensor:
     return (2.0 * k * (n - k) / (n * (n - 1))).mean(1).float()
 
 
+def nexp_continuous(variance: torch.Tensor) -> torch.Tensor:
+    """Continuous NEXP from the unbiased variance over images of each (channel, position): ``2 * mean_p var``.
+
+    It is the mean squared distance between a channel's maps for two different images, so on binary maps it
+    equals :func:`nexp_from_counts` exactly; on raw activations it also sees how far apart the maps are,
+    not only whether they cross zero.
+
+    Args:
+        variance (torch.Tensor): (C, ...) variance over images per channel and position.
+
+    Returns:
+        (torch.Tensor): float32 tensor (C,).
+    """
+    return (2.0 * variance.reshape(variance.shape[0], -1).double().mean(1)).float()
+
+
 def nexp_pairwise(activations: torch.Tensor) -> torch.Tensor:
     """Reference O(N^2) NEXP: mean normalised Hamming distance over all ordered pairs of different images.
 

@@ -1,42 +1,36 @@
-"""Structured pruning of an Ultralytics YOLOv8 detection model: score, rank, remove whole channel groups."""
+"""Structured pruning of an Ultralytics detection model: calibrate, rank, allocate, repair, remove channel groups."""
 
 from __future__ import annotations
 
-import copy
 import time
-from contextlib import contextmanager
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
-from .criteria import NEEDS_SCORES, build_importance, check_criterion
-from .graph import C2fSplit, c2f_split, conv_widths, detection_model, never_pruned, traceable_head
-from .nexp import score
+from . import allocation as alloc
+from .calibration import calibrate
+from .criteria import CRITERIA, NEEDS, build_importance, check_criterion
+from .graph import c2f_split, conv_widths, detection_model
+from .groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
+from .repair import MeanFolder, check_repair, reestimate_batchnorm
 from .report import PruneReport, macs_and_params
+from .sensitivity import measure
 
-TRACE_SIZE = 64  # input size for tracing and the MACs search: any multiple of 32 gives the same graph and MACs ratios
-MAX_RATIO = 0.95  # the MACs-target search looks for a ratio in [0, MAX_RATIO]
-
-
-class ChannelPruner(tp.pruner.BasePruner):
-    """Torch-Pruning's pruner, except that rounding never removes a whole group.
-
-    Torch-Pruning rounds the kept channels down to a multiple of ``round_to``; when fewer than
-    ``round_to`` would remain it rounds to zero and then skips the group entirely. Here a group keeps
-    at least ``round_to`` channels (or all it has, if fewer).
-    """
-
-    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        keep = current_channels - n_pruned
-        keep = max(keep - keep % round_to, min(round_to, current_channels))
-        return current_channels - keep
+DEFAULT_CRITERION = CRITERIA[0]
 
 
 def check_prune_args(
-    ratio=None, macs=None, criterion: str = "nexp", alpha: float = 0.5, round_to: int = 8, batches: int = 4
+    ratio=None,
+    macs=None,
+    criterion: str = DEFAULT_CRITERION,
+    alpha: float = 0.5,
+    round_to: int = 8,
+    batches: int = 4,
+    repair: str = "mean",
+    allocation: str = "uniform",
+    bn_recal: bool = False,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -47,6 +41,9 @@ def check_prune_args(
     def number(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
     if ratio is not None and macs is not None:
         raise ValueError("ratio and macs: give one of them, not both (ratio removes channels, macs targets MACs).")
     if ratio is not None and not (number(ratio) and 0.0 <= ratio < 1.0):
@@ -56,26 +53,15 @@ def check_prune_args(
     check_criterion(criterion)
     if not (number(alpha) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be a number in [0, 1] (1 = pure NEXP); got {alpha!r}.")
-    if not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+    if not (whole(round_to) and round_to >= 1):
         raise ValueError(f"round_to must be a whole number >= 1 (1 disables rounding); got {round_to!r}.")
-    if not (isinstance(batches, int) and not isinstance(batches, bool) and batches >= 1):
+    if not (whole(batches) and batches >= 1):
         raise ValueError(f"batches must be a whole number >= 1; got {batches!r}.")
-
-
-@contextmanager
-def _trainable(model: nn.Module):
-    """Let every parameter require grad (Torch-Pruning traces through autograd), then restore the flags by name.
-
-    By name, because pruning replaces the parameter objects.
-    """
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(True)
-    try:
-        yield model
-    finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags.get(name, True))
+    check_repair(repair)
+    if allocation not in alloc.ALLOCATIONS:
+        raise ValueError(f"allocation: unknown '{allocation}', choose one of {', '.join(alloc.ALLOCATIONS)}.")
+    if not isinstance(bn_recal, bool):
+        raise ValueError(f"bn_recal must be True or False; got {bn_recal!r}.")
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:
@@ -89,67 +75,46 @@ def _sync_checkpoint(model, det: nn.Module) -> None:
         model.ckpt = {**(model.ckpt or {}), "model": det, "ema": None, "optimizer": None}
 
 
-def _equalize_c2f_halves(pruner: ChannelPruner, det: nn.Module) -> None:
-    """Prune the wider half of every split C2f down to the narrower one's width, lowest importance first.
-
-    Layer-uniform pruning keeps both halves equal by itself; global ranking may not, and a stock
-    ``C2f`` (whose ``chunk`` splits in two equal halves) needs them equal.
-    """
-    for m in det.modules():
-        if isinstance(m, C2fSplit) and m.cv0.conv.out_channels != m.cv1.conv.out_channels:
-            wide, narrow = sorted((m.cv0.conv, m.cv1.conv), key=lambda c: c.out_channels, reverse=True)
-            group = pruner.DG.get_pruning_group(wide, tp.prune_conv_out_channels, list(range(wide.out_channels)))
-            imp = pruner.estimate_importance(group)
-            drop = torch.argsort(imp)[: wide.out_channels - narrow.out_channels].tolist()
-            pruner.DG.get_pruning_group(wide, tp.prune_conv_out_channels, drop).prune()
+def _rank(groups, importance) -> list:
+    """Set each group's channel order (least important first); groups the criterion cannot score are left out."""
+    ranked = []
+    for g in groups:
+        imp = importance(g.group)
+        if imp is None:
+            continue
+        g.order = torch.argsort(imp.float().cpu(), stable=True)
+        g.scores = imp.float().cpu()[g.order]
+        ranked.append(g)
+    return ranked
 
 
-def _apply(det: nn.Module, ratio: float, importance, round_to: int, global_pruning: bool, seed: int) -> None:
-    """Prune a model whose C2f blocks are split: trace, rank groups, remove channels."""
-    param = next(det.parameters())
-    example = torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE, device=param.device, dtype=param.dtype)
-    with _trainable(det), traceable_head(det), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the random criterion, reproducibly
-        pruner = ChannelPruner(
-            det,
-            example_inputs=example,
-            importance=importance,
-            pruning_ratio=float(ratio),
-            ignored_layers=never_pruned(det),
-            round_to=round_to,
-            global_pruning=global_pruning,
-        )
-        pruner.step()
-        _equalize_c2f_halves(pruner, det)
+def _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose) -> tuple[list, list[int]]:
+    """Groups and the width each keeps, for a ratio or a MACs target under the chosen allocation."""
+    sets = linked_sets(groups, det)
+    widths = alloc.removal_steps(sets, round_to)
+    macs_model = MacsModel(det)
+    if allocation == "sensitivity":
+        nc = det.model[-1].nc
+        curves = measure(det, graph, sets, widths, calib.input_means(), calib.images, nc, verbose=verbose)
+        order = alloc.sensitivity_order(sets, widths, curves, macs_model)
+    else:
+        order = (alloc.global_order if allocation == "global" else alloc.uniform_order)(sets, widths)
+    if macs is not None:
+        n = alloc.steps_for_macs(sets, widths, order, macs, macs_model)
+    else:
+        n = alloc.steps_for_ratio(sets, widths, order, ratio, allocation)
+    return alloc.expand(sets, alloc.widths_after(sets, widths, order, n))
 
 
-def _ratio_for_macs(det: nn.Module, target: float, importance_for, round_to: int, global_pruning: bool, seed: int):
-    """Bisection on trial copies for the smallest ratio that removes at least ``target`` of the MACs."""
-    dense_macs, _ = macs_and_params(det, TRACE_SIZE)
-    lo, hi = 0.0, MAX_RATIO
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        trial = copy.deepcopy(det)
-        _apply(trial, mid, importance_for(trial), round_to, global_pruning, seed)
-        cut = 1 - macs_and_params(trial, TRACE_SIZE)[0] / dense_macs
-        lo, hi = (mid, hi) if cut < target else (lo, mid)
-    return hi
-
-
-def _floored(channels: dict[str, list[int]], ratio: float, round_to: int, global_pruning: bool) -> list[str]:
-    """Layers held at their floor (``round_to`` channels, or all they had) that the ratio would have cut further."""
-
-    def below_floor(before: int) -> bool:  # layer-uniform: the width the ratio asks for, rounded down as pruned
-        keep = int(before * (1 - ratio))
-        return global_pruning or keep - keep % round_to < min(round_to, before)
-
-    return [n for n, (b, a) in channels.items() if a == min(round_to, b) < b and below_floor(b)]
+def _floored(channels: dict[str, list[int]], round_to: int) -> list[str]:
+    """Layers cut down to the narrowest width they may keep."""
+    return [n for n, (b, a) in channels.items() if a < b and a == alloc.allowed_widths(b, round_to)[-1]]
 
 
 def prune(
     model,
     ratio: float | None = None,
-    criterion: str = "nexp",
+    criterion: str = DEFAULT_CRITERION,
     source="noise",
     batches: int = 4,
     imgsz: int = 640,
@@ -160,29 +125,35 @@ def prune(
     macs: float | None = None,
     seed: int = 0,
     verbose: bool = True,
+    repair: str = "mean",
+    allocation: str = "uniform",
+    bn_recal: bool = False,
 ) -> PruneReport:
-    """Prune a YOLOv8 detection model in place by removing whole channel groups.
+    """Prune a detection model in place by removing whole channel groups.
 
-    Every Ultralytics ``Conv`` block of backbone, neck and Detect head is prunable; the last conv of
-    each Detect branch and DFL are not. C2f, SPPF, neck concats and residuals stay consistent, and
-    the result is made of stock Ultralytics and torch modules only. Every layer keeps at least
-    ``round_to`` channels (or all it has, if fewer).
+    Every Ultralytics ``Conv`` block of backbone, neck and head is prunable; the last conv of each head
+    branch and DFL are not. C2f, SPPF, neck concats and residuals stay consistent, and the result is made
+    of stock Ultralytics and torch modules only.
 
     Args:
         model (ultralytics.YOLO | DetectionModel): The model to prune (modified in place).
-        ratio (float | None): Fraction of channels to remove from every prunable group, in [0, 1); 0.5 when
-            neither ``ratio`` nor ``macs`` is given.
-        criterion (str): ``nexp``, ``hybrid``, ``l1``, ``l2``, ``tp``, ``bn`` or ``random``.
-        source (str | Path | Iterable): Calibration data for NEXP (see :func:`yolo_nexp.score`).
-        batches (int): Calibration batches for NEXP.
+        ratio (float | None): Fraction of channels to remove, in [0, 1): from every group (``uniform``) or in
+            all (other allocations); 0.5 when neither ``ratio`` nor ``macs`` is given. Never rounds up.
+        criterion (str): Channel ranking, one of ``nexp_use``, ``nexp``, ``nexpc``, ``hybrid``, ``l1``, ``l2``,
+            ``tp``, ``bn``, ``random`` (see :mod:`yolo_nexp.criteria`).
+        source (str | Path | Iterable): Calibration images (see :func:`yolo_nexp.score`).
+        batches (int): Calibration batches.
         imgsz (int): Calibration input size, and the size MACs are reported at.
         batch (int): Images per calibration batch.
         round_to (int): Keep channel counts at multiples of this (hardware-friendly widths); 1 disables.
         alpha (float): NEXP weight of the ``hybrid`` criterion.
-        global_pruning (bool): Rank channels across layers instead of removing ``ratio`` from each.
-        macs (float | None): Instead of ``ratio``: the fraction of MACs to remove; the ratio is found by search.
+        global_pruning (bool): Same as ``allocation="global"``.
+        macs (float | None): Instead of ``ratio``: the fraction of MACs to remove (reached within one step).
         seed (int): Seed for calibration sampling, noise and the ``random`` criterion.
         verbose (bool): Log progress and a summary.
+        repair (str): ``mean`` folds each removed channel's calibration mean into its consumers; ``none`` does not.
+        allocation (str): How many channels each group loses: ``uniform``, ``global`` or ``sensitivity``.
+        bn_recal (bool): Re-estimate BatchNorm statistics on the calibration images after pruning.
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -192,31 +163,33 @@ def prune(
         >>> import yolo_nexp
         >>> model = YOLO("yolov8n.yaml")
         >>> report = yolo_nexp.prune(model, ratio=0.5, source="noise", imgsz=320)
-        >>> model.save("yolov8n-nexp50.pt")
+        >>> model.save("yolov8n-pruned.pt")
     """
-    check_prune_args(ratio, macs, criterion, alpha, round_to, batches)
+    allocation = "global" if global_pruning and allocation == "uniform" else allocation
+    check_prune_args(ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal)
+    ratio = 0.5 if ratio is None and macs is None else ratio
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
-    seconds_scoring = 0.0
 
     t0 = time.perf_counter()
     with c2f_split(det):
-        scores = None
-        if criterion in NEEDS_SCORES:
-            scores = score(det, source, batches=batches, imgsz=imgsz, batch=batch, seed=seed, verbose=verbose)
-            seconds_scoring = time.perf_counter() - t0
-
-        def importance_for(m: nn.Module):
-            conv_scores = scores and {m.get_submodule(name).conv: s for name, s in scores.items()}
-            return build_importance(criterion, conv_scores, alpha)
-
+        need = NEEDS.get(criterion)
+        calib = None
+        if need or repair == "mean" or allocation == "sensitivity" or bn_recal:
+            keep = batches if bn_recal else int(allocation == "sensitivity")
+            flags = dict(firing=need == "firing", spread=need == "spread", inputs=True)
+            calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
+        graph = build_graph(det)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the random criterion, reproducibly
+            groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha))
         t1 = time.perf_counter()
-        if macs is not None:
-            ratio = _ratio_for_macs(det, macs, importance_for, round_to, global_pruning, seed)
-        elif ratio is None:
-            ratio = 0.5
-        _apply(det, ratio, importance_for(det), round_to, global_pruning, seed)
+        groups, kept = _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose)
+        folder = MeanFolder(det, calib.input_means()) if repair == "mean" else None
+        remove_channels(graph, groups, kept, before_prune=folder)
+    if bn_recal:
+        reestimate_batchnorm(det, calib.images)
     seconds_pruning = time.perf_counter() - t1
     _sync_checkpoint(model, det)
 
@@ -225,7 +198,7 @@ def prune(
     channels = {name: [widths_before[name], widths_after[name]] for name in widths_before}
     report = PruneReport(
         criterion=criterion,
-        ratio=float(ratio),
+        ratio=1 - sum(a for _, a in channels.values()) / sum(b for b, _ in channels.values()),
         round_to=round_to,
         imgsz=imgsz,
         macs_before=macs_before,
@@ -233,16 +206,19 @@ def prune(
         params_before=params_before,
         params_after=params_after,
         channels=channels,
-        floored=_floored(channels, ratio, round_to, global_pruning),
-        global_pruning=global_pruning,
+        floored=_floored(channels, round_to),
+        global_pruning=allocation == "global",
         macs_target=macs,
-        seconds_scoring=seconds_scoring,
+        seconds_scoring=t1 - t0,
         seconds_pruning=seconds_pruning,
+        repair=repair,
+        allocation=allocation,
+        bn_recal=bn_recal,
     )
     if verbose:
         LOGGER.info(f"yolo-nexp: {report.summary()}")
         if report.floored:
             LOGGER.warning(
-                f"yolo-nexp: {len(report.floored)} layers kept only their floor of channels: {', '.join(report.floored)}"
+                f"yolo-nexp: {len(report.floored)} layers were cut to their floor: {', '.join(report.floored)}"
             )
     return report

@@ -33,7 +33,7 @@ class PruneReport:
 
     Attributes:
         criterion (str): Importance criterion used.
-        ratio (float): Fraction of channels removed per prunable group.
+        ratio (float): Fraction of the prunable channels removed, in all.
         round_to (int): Channel counts were rounded to multiples of this.
         imgsz (int): Input size the MACs are counted at.
         macs_before (int): MACs of the dense model.
@@ -43,9 +43,12 @@ class PruneReport:
         channels (dict[str, list[int]]): ``{conv block name: [channels before, channels after]}``.
         floored (list[str]): Layers cut down to their floor (``round_to`` channels, or 1) and no further.
         global_pruning (bool): Channels were ranked across layers rather than per group.
-        macs_target (float | None): Fraction of MACs asked for; ``ratio`` is then the one found by search.
+        macs_target (float | None): Fraction of MACs asked for.
         seconds_scoring (float): Wall time of NEXP scoring (0 for criteria that need no data).
-        seconds_pruning (float): Wall time of the structural pruning itself.
+        seconds_pruning (float): Wall time of allocation, repair and the structural pruning.
+        repair (str): How removed channels were repaired (``mean``: folded into consumers, ``none``).
+        allocation (str): How channels were allocated across layers (``uniform``, ``global``, ``sensitivity``).
+        bn_recal (bool): Whether BatchNorm statistics were re-estimated on the calibration images.
     """
 
     criterion: str
@@ -62,6 +65,9 @@ class PruneReport:
     macs_target: float | None = None
     seconds_scoring: float = 0.0
     seconds_pruning: float = 0.0
+    repair: str = "none"
+    allocation: str = "uniform"
+    bn_recal: bool = False
 
     @property
     def macs_reduction(self) -> float:
@@ -80,7 +86,7 @@ class PruneReport:
     def summary(self) -> str:
         """One line: MACs and params before -> after, and the time taken."""
         return (
-            f"{self.criterion} ratio={self.ratio:g}: MACs {self.macs_before / 1e9:.3f}G -> {self.macs_after / 1e9:.3f}G "
+            f"{self.criterion} ({self.allocation}, repair {self.repair}): MACs {self.macs_before / 1e9:.3f}G -> {self.macs_after / 1e9:.3f}G "
             f"(-{self.macs_reduction:.1%}), params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"pruning {self.seconds_pruning:.1f}s"

@@ -1,0 +1,158 @@
+"""One calibration pass: every activation statistic the pruner needs, from the same forward passes.
+
+Scoring, repair and allocation all read the calibration images; doing it once keeps the cost at
+one forward pass per image. What is recorded is chosen by the caller and streamed batch by batch,
+so memory does not grow with the number of images:
+
+- ``firing``: binary firing counts per (channel, position) of every ``Conv`` block's output (NEXP);
+- ``spread``: mean and squared deviations per (channel, position) over images (continuous NEXP);
+- ``inputs``: mean and variance per input channel of every ``nn.Conv2d`` (what a removed channel
+  feeds its consumers: the repair folds the mean, the ``nexp_use`` criterion weighs the variance);
+- ``images``: the first batches themselves, for allocation by sensitivity and BatchNorm re-estimation.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from ultralytics.utils import LOGGER, TQDM
+
+from .data import calibration_batches
+from .graph import conv_blocks
+from .nexp import FiringCounter
+
+
+class Moments:
+    """Streaming mean and sum of squared deviations over the leading dimension (Chan's parallel update).
+
+    Args:
+        reduce (tuple[int, ...]): Dimensions of each batch reduced with the images (e.g. positions).
+    """
+
+    def __init__(self, reduce: tuple[int, ...] = (0,)):
+        """Start empty."""
+        self.reduce, self.n, self.mean, self.m2 = reduce, 0, None, None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch; float32 deviations from the batch mean keep the sums stable without float64 state."""
+        x = x.detach().float()
+        nb = 1
+        for d in self.reduce:
+            nb *= x.shape[d]
+        mean_b = x.mean(self.reduce)
+        m2_b = (x - _expand(mean_b, x, self.reduce)).pow(2).sum(self.reduce)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mean_b, m2_b
+            return
+        delta, n = mean_b - self.mean, self.n + nb
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (self.n * nb / n)
+        self.n = n
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance (0 where fewer than 2 samples)."""
+        return self.m2 / max(self.n - 1, 1)
+
+
+def _expand(stat: torch.Tensor, x: torch.Tensor, reduce: tuple[int, ...]) -> torch.Tensor:
+    shape = [1 if d in reduce else s for d, s in enumerate(x.shape)]
+    return stat.reshape(shape)
+
+
+@dataclass
+class Calibration:
+    """Statistics of one calibration pass (see the module docstring); empty dicts for what was not asked."""
+
+    firing: dict[str, FiringCounter] = field(default_factory=dict)
+    spread: dict[str, Moments] = field(default_factory=dict)
+    inputs: dict[nn.Conv2d, Moments] = field(default_factory=dict)
+    images: list[torch.Tensor] = field(default_factory=list)
+    n_images: int = 0
+
+    def input_means(self) -> dict[nn.Conv2d, torch.Tensor]:
+        """Mean of every input channel of every recorded conv."""
+        return {conv: m.mean for conv, m in self.inputs.items()}
+
+
+def _hook_outputs(stack: ExitStack, blocks: dict[str, nn.Module], make) -> dict[str, object]:
+    """One recorder per block, fed the block's output; hooks are removed when ``stack`` closes."""
+    recorders = {name: make() for name in blocks}
+    for name, block in blocks.items():
+        handle = block.register_forward_hook(lambda _m, _i, out, r=recorders[name]: r.update(out.detach()))
+        stack.callback(handle.remove)
+    return recorders
+
+
+def _hook_inputs(stack: ExitStack, model: nn.Module) -> dict[nn.Conv2d, Moments]:
+    """Per-input-channel moments of every ``nn.Conv2d`` (over images and positions)."""
+    recorders = {}
+    for conv in model.modules():
+        if isinstance(conv, nn.Conv2d):
+            recorders[conv] = rec = Moments(reduce=(0, 2, 3))
+            handle = conv.register_forward_pre_hook(lambda _m, args, r=rec: r.update(args[0]))
+            stack.callback(handle.remove)
+    return recorders
+
+
+def calibrate(
+    model: nn.Module,
+    source="noise",
+    batches: int = 4,
+    imgsz: int = 640,
+    batch: int = 8,
+    seed: int = 0,
+    firing: bool = False,
+    spread: bool = False,
+    inputs: bool = False,
+    keep_images: int = 0,
+    verbose: bool = True,
+) -> Calibration:
+    """Run the calibration images through ``model`` once (eval mode, no grad) and record what is asked.
+
+    Args:
+        model (nn.Module): A detection model (C2f blocks may be split; statistics are keyed by its modules).
+        source (str | Path | Iterable): Calibration data (see :func:`yolo_nexp.data.calibration_batches`).
+        batches (int): Number of batches.
+        imgsz (int): Square input size.
+        batch (int): Images per batch (iterables bring their own).
+        seed (int): Seed for noise and the choice of images.
+        firing (bool): Record binary firing counts of every ``Conv`` block (NEXP).
+        spread (bool): Record per-position moments of every ``Conv`` block (continuous NEXP).
+        inputs (bool): Record per-input-channel moments of every ``nn.Conv2d`` (repair, use criteria).
+        keep_images (int): Keep up to this many batches of images for later passes.
+        verbose (bool): Show a progress bar.
+
+    Returns:
+        (Calibration): The statistics, on the CPU for scores and on the model's device for inputs.
+    """
+    param = next(model.parameters())
+    was_training = model.training
+    calib = Calibration()
+    blocks = conv_blocks(model)
+    model.eval()
+    try:
+        with ExitStack() as stack, torch.inference_mode():
+            if firing:
+                calib.firing = _hook_outputs(stack, blocks, FiringCounter)
+            if spread:
+                calib.spread = _hook_outputs(stack, blocks, lambda: Moments(reduce=(0,)))
+            if inputs:
+                calib.inputs = _hook_inputs(stack, model)
+            stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
+            for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
+                images = images.to(param.device, param.dtype)
+                if len(calib.images) < keep_images:
+                    calib.images.append(images)
+                model(images)
+                calib.n_images += images.shape[0]
+    finally:
+        model.train(was_training)
+    if calib.n_images == 0:
+        raise ValueError("the calibration source gave no images: check 'source' (or the data's train split).")
+    if verbose:
+        LOGGER.info(f"yolo-nexp: calibrated on {calib.n_images} images")
+    return calib
