@@ -44,8 +44,8 @@ def informative(model, batches: int = 4, imgsz: int = 64, seed: int = 0, gain: f
 
 @dataclass(frozen=True)
 class Baseline:
-    """A yolov8n trained from its yaml on the seeded synthetic dataset: the model the criteria and stability
-    benchmarks prune and score. The trained checkpoint is cached under the plugin's cache folder (never
+    """A YOLOv8 (yolov8n unless ``model`` says otherwise) trained from its yaml on the seeded synthetic dataset:
+    the model the criteria and stability benchmarks prune and score. The trained checkpoint is cached under the plugin's cache folder (never
     committed) and reused while every field matches; any change trains a new one.
 
     AdamW at lr0 0.003 instead of Ultralytics' automatic choice (AdamW at 0.000833 for 8 classes): on this
@@ -60,11 +60,12 @@ class Baseline:
     optimizer: str = "AdamW"
     lr0: float = 0.003
     batch: int = 16
+    model: str = "yolov8n"
 
     @property
     def name(self) -> str:
         return (
-            f"yolov8n-{self.n_train}x{self.imgsz}-o{self.max_objects}-e{self.epochs}-"
+            f"{self.model}-{self.n_train}x{self.imgsz}-o{self.max_objects}-e{self.epochs}-"
             f"{self.optimizer}{self.lr0:g}-b{self.batch}"
         )
 
@@ -79,7 +80,7 @@ class Baseline:
     def describe(self) -> str:
         """How the baseline was made, in words, for results files."""
         return (
-            f"yolov8n trained from its yaml for {self.epochs} epochs ({self.optimizer} lr0 {self.lr0:g}, batch "
+            f"{self.model} trained from its yaml for {self.epochs} epochs ({self.optimizer} lr0 {self.lr0:g}, batch "
             f"{self.batch}, seed 0) on the synthetic dataset ({self.n_train} train / {self.n_val} val images at "
             f"{self.imgsz} px, 8 classes, up to {self.max_objects} objects, clutter and occlusion, seed 0)"
         )
@@ -109,7 +110,7 @@ class Baseline:
         from yolo_nexp.report import atomic_write
 
         project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
-        model = YOLO("yolov8n.yaml")
+        model = YOLO(f"{self.model}.yaml")
 
         def save_initial(trainer):
             atomic_write(init, lambda tmp: torch.save({"model": deepcopy(trainer.model).half()}, tmp))
