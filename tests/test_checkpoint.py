@@ -1,10 +1,8 @@
 """A pruned model saved with Ultralytics' own YOLO.save is an ordinary Ultralytics checkpoint."""
 
 import os
-import pickletools
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,29 +10,11 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
+from yolo_nexp.safety import checkpoint_references, offending
 
 from .conftest import IMGSZ
 
-# "__builtin__" and "copy_reg" are the names protocol-2 pickles give the standard builtins and copyreg.
-ALLOWED_ROOTS = {"ultralytics", "torch", "numpy", "__builtin__", "copy_reg"} | set(sys.stdlib_module_names)
-
-
 YOLO_CLI = str(Path(sys.executable).with_name("yolo"))  # the venv's console script, even when not activated
-
-
-def pickled_globals(path) -> set[str]:
-    """Every ``module.name`` the checkpoint's pickle references (read with pickletools, nothing is unpickled)."""
-    with zipfile.ZipFile(path) as z:
-        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-    found, strings = set(), []
-    for op, arg, _ in pickletools.genops(data):
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            strings.append(arg)
-        elif op.name == "GLOBAL":
-            found.add(arg.replace(" ", "."))
-        elif op.name == "STACK_GLOBAL":
-            found.add(f"{strings[-2]}.{strings[-1]}")
-    return found
 
 
 def run_python(code: str, **env) -> str:
@@ -69,11 +49,12 @@ def test_loads_in_fresh_interpreter_without_yolo_nexp(pruned_file, safe_load):
     assert out[-1] == "False"
 
 
-def test_pickle_references_only_allowed_modules(pruned_file):
-    found = pickled_globals(pruned_file[0])
-    assert any(g.startswith("ultralytics.nn.modules.block.C2f") for g in found)  # the parser does see classes
-    outside = sorted(g for g in found if g.split(".")[0] not in ALLOWED_ROOTS)
-    assert not outside, outside
+def test_pickle_references_only_the_allowlist(pruned_file):
+    """What a pruned checkpoint's pickle names and calls is all in yolo_nexp.allowlist: it loads restricted."""
+    refs = checkpoint_references(pruned_file[0])
+    assert "ultralytics.nn.modules.block.C2f" in refs.created  # the scan does see the classes
+    assert offending(refs) == []
+    assert sum(p.numel() for p in yolo_nexp.load(pruned_file[0]).model.parameters()) == pruned_file[1]
 
 
 def test_yolo_val_cli_runs_on_pruned_checkpoint(pruned_file, tiny_data, tmp_path):

@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 
 from .callback import NexpPruneCallback, attach
+from .loading import load
 from .nexp import score
 from .pruner import prune
 from .report import PruneReport
 from .trainer import NexpTrainer
 
-__all__ = ["__version__", "NexpPruneCallback", "NexpTrainer", "PruneReport", "attach", "prune", "score"]
+__all__ = ["__version__", "NexpPruneCallback", "NexpTrainer", "PruneReport", "attach", "load", "prune", "score"]

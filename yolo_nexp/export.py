@@ -17,6 +17,8 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils import LOGGER
 from ultralytics.utils.metrics import box_iou
 
+from .loading import load
+
 RAW_ATOL = 1e-4  # fp32: max abs difference allowed between PyTorch and onnxruntime raw outputs
 MARGIN = 1e-3  # detections within this relative distance above the threshold are not compared
 
@@ -26,7 +28,13 @@ class ParityError(RuntimeError):
 
 
 def export(
-    model: str | Path, format: str = "onnx", imgsz: int = 640, check: bool = True, images=None, **kwargs
+    model: str | Path,
+    format: str = "onnx",
+    imgsz: int = 640,
+    check: bool = True,
+    images=None,
+    trust: bool = False,
+    **kwargs,
 ) -> dict:
     """Export ``model`` with Ultralytics; for ONNX, also run :func:`onnx_parity`.
 
@@ -36,6 +44,7 @@ def export(
         imgsz (int): Export input size.
         check (bool): Run the ONNX parity check after exporting.
         images (list | None): Images for the detection comparison (default: random images).
+        trust (bool): Open ``model`` with stock ``YOLO(path)`` instead of :func:`yolo_nexp.load` (restricted).
         **kwargs: Other Ultralytics export arguments (opset, simplify, dynamic, half, ...).
 
     Returns:
@@ -45,10 +54,10 @@ def export(
         ParityError: If raw outputs differ beyond ``RAW_ATOL`` (the file is kept, for inspection). Detections that
             differ although raw outputs agree are reported with a warning: NMS broke a near-tie another way.
     """
-    file = YOLO(str(model)).export(format=format, imgsz=imgsz, **kwargs)
+    file = load(model, trust=trust).export(format=format, imgsz=imgsz, **kwargs)
     parity = None
     if check and format == "onnx" and not kwargs.get("half") and not kwargs.get("int8"):
-        parity = onnx_parity(model, file, imgsz=imgsz, images=images)
+        parity = onnx_parity(model, file, imgsz=imgsz, images=images, trust=trust)
         raw = parity["raw_max_abs_diff"]
         LOGGER.info(
             f"yolo-nexp: ONNX parity: raw max |diff| scores {raw['scores']:.1e}, boxes {raw['boxes_rel']:.1e} of imgsz "
@@ -65,7 +74,9 @@ def export(
     return {"file": str(file), "parity": parity}
 
 
-def _raw_diffs(model: str | Path, onnx_file: str | Path, inputs: list[np.ndarray], imgsz: int) -> dict:
+def _raw_diffs(
+    model: str | Path, onnx_file: str | Path, inputs: list[np.ndarray], imgsz: int, trust: bool = False
+) -> dict:
     """Largest |PyTorch - onnxruntime| on output 0, PyTorch fused as the exporter fuses.
 
     Output 0 holds decoded boxes in pixels (rows 0-3) and class scores (rows 4+). A box coordinate
@@ -74,7 +85,7 @@ def _raw_diffs(model: str | Path, onnx_file: str | Path, inputs: list[np.ndarray
     """
     import onnxruntime as ort
 
-    torch_model = YOLO(str(model)).model.float().fuse().eval()
+    torch_model = load(model, trust=trust).model.float().fuse().eval()
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     boxes = scores = 0.0
@@ -124,6 +135,7 @@ def onnx_parity(
     seed: int = 0,
     conf: float | None = None,
     top_k: int = 50,
+    trust: bool = False,
 ) -> dict:
     """Compare onnxruntime with PyTorch: raw outputs on random inputs, and detections after NMS on images.
 
@@ -136,16 +148,18 @@ def onnx_parity(
         seed (int): Seed of the random inputs.
         conf (float | None): Confidence threshold; None sets it per image at PyTorch's ``top_k``-th detection.
         top_k (int): About how many detections per image are compared when ``conf`` is None.
+        trust (bool): Open ``model`` with stock ``YOLO(path)`` instead of :func:`yolo_nexp.load` (restricted).
 
     Returns:
         (dict): raw max |diff| (boxes in pixels and relative to imgsz, scores), raw_ok, images, images_matched
             (identical detections), detections (compared), detections_match (on every image).
     """
     rng = np.random.default_rng(seed)
-    raw = _raw_diffs(model, onnx_file, [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(n)], imgsz)
+    inputs = [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(n)]
+    raw = _raw_diffs(model, onnx_file, inputs, imgsz, trust=trust)
     if images is None:
         images = [(rng.random((imgsz, imgsz, 3)) * 255).astype(np.uint8) for _ in range(n)]
-    pt, ox = YOLO(str(model), task="detect"), YOLO(str(onnx_file), task="detect")
+    pt, ox = load(model, trust=trust), YOLO(str(onnx_file), task="detect")  # an .onnx file is not unpickled
     matched, count = 0, 0
     for im in images:
         # Square letterbox first: Ultralytics feeds a .pt the smallest stride-multiple rectangle but a static ONNX

@@ -18,6 +18,7 @@ from .coco import NOT_AVAILABLE, coco_metrics, find_annotations
 from .data import image_files
 from .export import export
 from .graph import detection_model
+from .loading import load
 from .pruner import prune
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
 from .safety import check_checkpoint
@@ -68,9 +69,11 @@ def check_data(data: str) -> dict:
 
 
 def check_model_file(model: str, trust: bool = False) -> Path:
-    """The model's path, once a checkpoint has been inspected before unpickling (see :mod:`yolo_nexp.safety`).
+    """The model's path, once a checkpoint's pickle has been scanned, before anything is unpickled or written.
 
-    An official asset name that is not a local file is downloaded by Ultralytics where a network is available.
+    Offending globals are named here (see :mod:`yolo_nexp.safety`); :func:`load_model` then reads the file
+    with the restricted unpickler. An official asset name that is not a local file is downloaded by Ultralytics
+    where a network is available.
 
     Raises:
         FileNotFoundError: If the checkpoint does not exist (and cannot be downloaded).
@@ -91,18 +94,23 @@ def check_model_file(model: str, trust: bool = False) -> Path:
     return path
 
 
-def load_model(path: Path, data: dict) -> YOLO:
-    """A ``YOLO`` for a checked checkpoint, or for a yaml built with the data's class count (as Ultralytics' trainer does).
+def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
+    """A ``YOLO`` for a checkpoint (through :func:`yolo_nexp.load`: restricted unless ``trust``), or for a yaml built
+    with the data's class count (as Ultralytics' trainer does).
 
     Raises:
+        UnsafeCheckpointError: If the checkpoint refers to code a stock checkpoint does not and ``trust`` is False.
         ValueError: If it cannot be loaded, or a checkpoint's class count differs from the data's.
         TypeError: If it is not a YOLOv8 detection model.
     """
     model = str(path)
-    try:
-        yolo = YOLO(str(path))
-    except Exception as e:
-        raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
+    if path.suffix == ".pt" and not trust:
+        yolo = load(path)  # restricted unpickling; its errors are already one line naming the argument
+    else:
+        try:
+            yolo = load(path, trust=True) if path.suffix == ".pt" else YOLO(model)
+        except Exception as e:
+            raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
     det = detection_model(yolo)
     nc = det.model[-1].nc
     if path.suffix != ".pt":
@@ -174,7 +182,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     model_path = check_model_file(model_arg, trust=plugin["trust"])
     overrides["data"] = resolve_data(overrides.get("data"))
     data = check_data(overrides["data"])
-    yolo = load_model(model_path, data)
+    yolo = load_model(model_path, data, trust=plugin["trust"])
     annotations = find_annotations(data, plugin["coco_json"])
     coco = {"data": data, "annotations": annotations} if annotations else None
     # Everything is checked: only now is anything written.
@@ -228,7 +236,9 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     if plugin["export"]:
         final = save_dir / "weights" / ("best.pt" if "finetuned" in stages else "pruned.pt")
         images = image_files(data["val"])[:4]
-        result["export"] = export(final, format=plugin["export"], imgsz=overrides["imgsz"], images=images)
+        result["export"] = export(
+            final, format=plugin["export"], imgsz=overrides["imgsz"], images=images, trust=plugin["trust"]
+        )
     save_json(result, save_dir / "report.json")
     plot_channels(
         report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}"
@@ -242,6 +252,6 @@ def run_export(plugin: dict, overrides: dict) -> dict:
     model = check_model_file(str(overrides.pop("model")), trust=plugin["trust"])
     if model.suffix != ".pt":
         raise ValueError(f"model: export needs a .pt checkpoint, got '{model}'.")
-    detection_model(YOLO(str(model)))  # a YOLOv8 detection model, or a clear error
+    detection_model(load(model, trust=plugin["trust"]))  # a YOLOv8 detection model, or a clear error
     kwargs = {k: v for k, v in overrides.items() if k not in ("data", "epochs", "plots")}  # prune-mode defaults
-    return export(model, **{"format": "onnx", "imgsz": 640, **kwargs})
+    return export(model, trust=plugin["trust"], **{"format": "onnx", "imgsz": 640, **kwargs})

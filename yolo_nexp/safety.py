@@ -1,78 +1,136 @@
-"""Safe loading: inspect what a checkpoint's pickle would import before anything is unpickled.
+"""Refuse a checkpoint before anything in it is unpickled, naming what it would import or call.
 
-Unpickling imports every class a file names, and Ultralytics goes further: for a module it cannot
-import it tries to pip-install a package of that name. A checkpoint naming anything outside
-ultralytics, torch, numpy, the standard library and yolo_nexp is refused unless the user trusts it.
+The file's pickles are read statically (:mod:`yolo_nexp.pickle_scan`) and compared with the one allowlist
+(:mod:`yolo_nexp.allowlist`). This check gives the refusal its names and happens before any object is
+built; the guard that holds even if it were wrong is torch's restricted unpickler in
+:mod:`yolo_nexp.loading`, which is given only the allowed globals the file uses.
 """
 
 from __future__ import annotations
 
-import pickletools
-import sys
 import zipfile
 from pathlib import Path
 
-# "__builtin__" and "copy_reg" are the names protocol-2 pickles give to builtins and copyreg.
-ALLOWED_ROOTS = frozenset({"ultralytics", "torch", "numpy", "yolo_nexp", "__builtin__", "copy_reg"}) | frozenset(
-    sys.stdlib_module_names
-)
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+from .allowlist import CALLABLE, allowed_names, module_classes
+from .pickle_scan import PickleReferences, scan_pickle
+
+# torch.save(..., _use_new_zipfile_serialization=False) starts with a pickled magic number (protocol 2, LONG1).
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+_SHOWN = 8  # offending globals named in one message
 
 
-def checkpoint_globals(path: str | Path) -> set[str]:
-    """Every ``module.qualname`` the checkpoint's pickle references, read with pickletools (nothing is imported).
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint names globals outside the allowlist, or uses allowed ones in ways a stock checkpoint never does.
 
-    Raises:
-        ValueError: If the file is not a torch zip checkpoint or its pickle is unreadable.
+    Attributes:
+        offending (list[str]): What was refused, e.g. ``posix.system`` or ``ultralytics.nn.modules.Conv (called)``.
     """
-    try:
-        with zipfile.ZipFile(path) as z:
-            pickles = [n for n in z.namelist() if n.endswith(".pkl")]
-            if not pickles:
-                raise ValueError("it holds no pickle")
-            data = [z.read(n) for n in pickles]
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(
-            f"model: '{path}' is not a readable PyTorch checkpoint (corrupt, truncated or another format: {e}); "
-            f"give a .pt saved by Ultralytics."
-        ) from None
-    found = set()
-    for blob in data:
-        strings = []
-        try:
-            for op, arg, _ in pickletools.genops(blob):
-                if op.name in _STRING_OPS:
-                    strings.append(arg)
-                elif op.name == "GLOBAL":
-                    found.add(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.add(f"{strings[-2]}.{strings[-1]}")
-        except Exception as e:  # truncated or corrupt pickle stream
-            raise ValueError(
-                f"model: '{path}' is corrupt ({type(e).__name__}: {e}); re-save or re-download it."
-            ) from None
-    return found
+
+    def __init__(self, message: str, offending: list[str]):
+        super().__init__(message)
+        self.offending = offending
 
 
-def untrusted_globals(path: str | Path) -> list[str]:
-    """The references of :func:`checkpoint_globals` outside the allowed modules, sorted."""
-    return sorted(g for g in checkpoint_globals(path) if g.split(".")[0] not in ALLOWED_ROOTS)
+def _unreadable(path: Path, arg: str, why: str) -> ValueError:
+    return ValueError(
+        f"{arg}: '{path}' is not a readable PyTorch checkpoint (corrupt, truncated or another format: {why}); "
+        f"give a .pt saved by Ultralytics."
+    )
 
 
-def check_checkpoint(path: str | Path, trust: bool = False) -> None:
-    """Refuse a checkpoint that would import code from outside the allowed modules, unless ``trust``.
+def read_pickles(path: str | Path, arg: str = "model") -> list[bytes]:
+    """The pickles inside a torch zip checkpoint (``*.pkl`` members), read without unpickling them.
 
     Raises:
         FileNotFoundError: If there is no such file.
-        ValueError: If it is not a readable checkpoint, or names untrusted modules and ``trust`` is False.
+        ValueError: If the file is not a torch zip checkpoint (text, truncated, legacy format, no pickle).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model: '{path}' not found; give the path of a .pt checkpoint or a model yaml.")
-    outside = untrusted_globals(path)
-    if outside and not trust:
-        names = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
+        raise FileNotFoundError(f"{arg}: '{path}' not found; give the path of a .pt checkpoint or a model yaml.")
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head == _LEGACY_MAGIC:
         raise ValueError(
-            f"model: '{path}' refers to code outside ultralytics/torch/numpy/the standard library ({names}); "
-            f"loading it would import (or pip-install) that code. Pass trust=True only if you trust the file."
+            f"{arg}: '{path}' is in torch's legacy (non-zip) format, which cannot be checked before unpickling; "
+            f"re-save it with a current torch (torch.save), or pass trust=True only if you trust the file."
         )
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith(".pkl")]
+            if not names:
+                raise ValueError("it holds no pickle")
+            return [z.read(n) for n in names]
+    except Exception as e:  # BadZipFile, OSError, zlib.error, struct.error, EOFError...: all mean a damaged file
+        raise _unreadable(path, arg, str(e) or type(e).__name__) from None
+
+
+def checkpoint_references(path: str | Path, arg: str = "model") -> PickleReferences:
+    """What the checkpoint's pickles import, call and create (nothing is imported or unpickled).
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If it is not a readable torch zip checkpoint, or a pickle in it is truncated or malformed.
+    """
+    refs = PickleReferences()
+    for data in read_pickles(path, arg):
+        try:
+            refs.update(scan_pickle(data))
+        except ValueError as e:
+            raise ValueError(f"{arg}: '{path}' is corrupt ({e}); re-save or re-download it.") from None
+    return refs
+
+
+def offending(refs: PickleReferences) -> list[str]:
+    """What a stock Ultralytics checkpoint never has: names outside the allowlist, calls of layer classes, ...
+
+    Returns:
+        (list[str]): Each offending global (``(called)``/``(created)`` when the name is allowed but its use is not).
+    """
+    allowed, classes = allowed_names(), module_classes()
+    found = sorted(n for n in refs.names if n not in allowed)
+    # A layer class called with arguments runs its __init__ (some download or open files); stock files never do.
+    found += sorted(f"{n} (called)" for n in refs.called if n in allowed and n not in CALLABLE)
+    found += sorted(
+        f"{n} (created)"
+        for n in refs.created
+        if n in allowed and n not in classes and not isinstance(CALLABLE.get(n), type)
+    )
+    return found + list(dict.fromkeys(refs.unnamed))  # each kind of unnamed call once
+
+
+def untrusted_globals(path: str | Path) -> list[str]:
+    """The offending references of a checkpoint (see :func:`offending`); empty for a stock checkpoint."""
+    return offending(checkpoint_references(path))
+
+
+def refusal(path: str | Path, found: list[str], arg: str = "model") -> UnsafeCheckpointError:
+    """The one-line error for a refused checkpoint: what it names, that nothing ran, and how to proceed."""
+    names = ", ".join(found[:_SHOWN]) + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
+    return UnsafeCheckpointError(
+        f"{arg}: '{path}' refers to code a stock Ultralytics checkpoint does not ({names}); it was not loaded and "
+        f"nothing in it ran. Pass trust=True only if you trust the file and its source.",
+        found,
+    )
+
+
+def check_checkpoint(path: str | Path, trust: bool = False, arg: str = "model") -> PickleReferences:
+    """Refuse a checkpoint that would import or call anything outside the allowlist, unless ``trust``.
+
+    Returns:
+        (PickleReferences): What the file references (empty when ``trust`` skips the check).
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If it is not a readable checkpoint (with ``trust``, only a missing file is checked).
+        UnsafeCheckpointError: If it refers to anything outside the allowlist and ``trust`` is False.
+    """
+    if trust:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{arg}: '{path}' not found; give the path of a .pt checkpoint or a model yaml.")
+        return PickleReferences()
+    refs = checkpoint_references(path, arg)
+    found = offending(refs)
+    if found:
+        raise refusal(path, found, arg)
+    return refs

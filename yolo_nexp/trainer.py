@@ -14,6 +14,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
 
 from .graph import is_pruned
+from .loading import check_resume
 
 
 def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
@@ -44,6 +45,11 @@ class NexpTrainer(DetectionTrainer):
         >>> from yolo_nexp import NexpTrainer
         >>> YOLO("pruned.pt").train(trainer=NexpTrainer, data="coco128.yaml", epochs=10)
     """
+
+    def check_resume(self, overrides):
+        """Refuse an unsafe ``resume`` checkpoint (see :mod:`yolo_nexp.loading`) before Ultralytics unpickles it."""
+        check_resume(self.args.resume)
+        super().check_resume(overrides)
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
         """The pruned ``weights`` module itself; otherwise the stock model built from ``cfg``."""
