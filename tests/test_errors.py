@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -247,9 +248,15 @@ def test_untrusted_checkpoint_is_refused_before_unpickling(tmp_path, tiny_data, 
     assert "trust=True" in caplog.text and not (tmp_path / "runs").exists()
 
 
-def test_trusted_checkpoint_passes_the_check(tmp_path):
-    path = _checkpoint_naming(tmp_path, "my_own_pkg")
-    check_checkpoint(path, trust=True)  # no error: the user vouched for it
+def test_trust_prunes_a_checkpoint_that_is_refused_without_it(tmp_path, tiny_data):
+    from ultralytics.nn.tasks import DetectionModel
+
+    path = tmp_path / "foreign.pt"  # a 3-class model plus an importable class a stock checkpoint never holds
+    torch.save({"model": DetectionModel("yolov8n.yaml", nc=3, verbose=False), "extra": zipfile.ZipInfo("x")}, path)
+    argv = ["prune", f"model={path}", f"data={tiny_data}", f"project={tmp_path}/runs", *TINY]
+    assert entrypoint(argv) == 2 and not (tmp_path / "runs").exists()
+    assert entrypoint([*argv, "trust=True", "name=trusted"]) == 0
+    assert (tmp_path / "runs" / "trusted" / "weights" / "pruned.pt").exists()
 
 
 def test_pruned_checkpoint_passes_the_check(pruned_pt):

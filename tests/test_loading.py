@@ -144,6 +144,27 @@ def test_trust_loads_a_checkpoint_with_foreign_classes_the_stock_way(tmp_path, s
     assert isinstance(yolo_nexp.load(tmp_path / "foreign.pt", trust=True).ckpt["extra"], zipfile.ZipInfo)
 
 
+def test_trusting_a_file_lets_nexp_trainer_resume_it(tmp_path, stock_template):
+    ckpt = torch.load(stock_template, weights_only=False)
+    ckpt["extra"] = zipfile.ZipInfo("y")
+    torch.save(ckpt, tmp_path / "mine.pt")
+    _assert_refused(lambda: loading.check_resume(str(tmp_path / "mine.pt")), ["zipfile.ZipInfo"])
+    yolo_nexp.load(tmp_path / "mine.pt", trust=True)
+    loading.check_resume(str(tmp_path / "mine.pt"))  # vouched for in this process: no error
+
+
+def test_every_stock_model_yaml_may_be_rebuilt():
+    """No false refusals: the layers and activations of every model yaml Ultralytics ships pass the yaml check."""
+    import ultralytics
+    from ultralytics.nn.tasks import yaml_model_load
+
+    files = sorted((Path(ultralytics.__file__).parent / "cfg" / "models").rglob("*.yaml"))
+    refused = {f.name: found for f in files if (found := loading.unsafe_yaml(yaml_model_load(f)))}
+    assert len(files) > 20 and not refused, refused
+    assert loading.unsafe_yaml({"activation": "nn.LeakyReLU(0.1)", "backbone": [[-1, 1, "nn.Upsample", []]]}) == []
+    assert loading.unsafe_yaml({"activation": "nn.SiLU(x)"}) and loading.unsafe_yaml("https://example.com/m.yaml")
+
+
 # --- Stock checkpoints of every kind load, exactly as YOLO(path) loads them -----------------------------------
 
 
