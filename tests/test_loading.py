@@ -1,6 +1,7 @@
 """Safe loading: no checkpoint runs code when yolo-nexp opens it, and stock checkpoints of every kind still load."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -119,6 +120,17 @@ def test_refusal_names_at_most_eight_globals_and_counts_the_rest(tmp_path):
 # --- Unreadable files keep their clear errors ----------------------------------------------------------------
 
 
+def _duplicate_data_pkl(stock):
+    """A zip holding data.pkl twice: the scan and torch's reader could each pick a different one."""
+
+    def write(path):
+        shutil.copy(stock, path)
+        with zipfile.ZipFile(path, "a") as z, pytest.warns(UserWarning, match="Duplicate name"):
+            z.writestr(next(n for n in z.namelist() if n.endswith("/data.pkl")), b"\x80\x02}.")
+
+    return write
+
+
 def test_unreadable_files_have_one_line_errors(tmp_path, stock_template):
     cases = {
         "text.pt": (lambda p: p.write_text("not a checkpoint"), "not a readable PyTorch checkpoint"),
@@ -126,6 +138,7 @@ def test_unreadable_files_have_one_line_errors(tmp_path, stock_template):
         "legacy.pt": (lambda p: torch.save({"a": 1}, p, _use_new_zipfile_serialization=False), r"legacy \(non-zip\)"),
         "nopickle.pt": (lambda p: zipfile.ZipFile(p, "w").close(), "holds no pickle"),
         "tensor.pt": (lambda p: torch.save(torch.zeros(2), p), "holds no Ultralytics model"),
+        "duplicate.pt": (_duplicate_data_pkl(stock_template), "duplicate member names"),
     }
     for name, (write, words) in cases.items():
         write(tmp_path / name)

@@ -46,7 +46,7 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict:
                 warnings.filterwarnings("ignore", "Detected pickle protocol")  # refused below if it matters
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # the guard refused what the scan let through: still a refusal
-            raise refusal(path, [str(e).splitlines()[0]], arg) from None
+            raise refusal(path, [f"torch's restricted unpickler: {str(e).splitlines()[0]}"], arg) from None
         except Exception as e:  # a damaged storage (RuntimeError), or state an allowed class cannot take
             why = (str(e).splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{arg}: '{path}' is corrupt ({why}); re-save or re-download it.") from None

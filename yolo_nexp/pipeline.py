@@ -21,7 +21,7 @@ from .graph import detection_model
 from .loading import load
 from .pruner import prune
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
-from .safety import check_checkpoint
+from .safety import UnsafeCheckpointError, check_checkpoint
 from .synthetic import make_dataset
 from .trainer import NexpTrainer
 
@@ -69,11 +69,9 @@ def check_data(data: str) -> dict:
 
 
 def check_model_file(model: str, trust: bool = False) -> Path:
-    """The model's path, once a checkpoint's pickle has been scanned, before anything is unpickled or written.
+    """The model's path, once a checkpoint's pickle is scanned (:mod:`yolo_nexp.safety`), before anything is written.
 
-    Offending globals are named here (see :mod:`yolo_nexp.safety`); :func:`load_model` then reads the file
-    with the restricted unpickler. An official asset name that is not a local file is downloaded by Ultralytics
-    where a network is available.
+    An official asset name that is not a local file is downloaded by Ultralytics where a network is available.
 
     Raises:
         FileNotFoundError: If the checkpoint does not exist (and cannot be downloaded).
@@ -95,22 +93,19 @@ def check_model_file(model: str, trust: bool = False) -> Path:
 
 
 def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
-    """A ``YOLO`` for a checkpoint (through :func:`yolo_nexp.load`: restricted unless ``trust``), or for a yaml built
-    with the data's class count (as Ultralytics' trainer does).
+    """A ``YOLO`` for a checkpoint (:func:`yolo_nexp.load`), or for a yaml built with the data's class count.
 
     Raises:
-        UnsafeCheckpointError: If the checkpoint refers to code a stock checkpoint does not and ``trust`` is False.
-        ValueError: If it cannot be loaded, or a checkpoint's class count differs from the data's.
+        ValueError: If it cannot be loaded, is refused (unless ``trust``), or its class count differs from the data's.
         TypeError: If it is not a YOLOv8 detection model.
     """
     model = str(path)
-    if path.suffix == ".pt" and not trust:
-        yolo = load(path)  # restricted unpickling; its errors are already one line naming the argument
-    else:
-        try:
-            yolo = load(path, trust=True) if path.suffix == ".pt" else YOLO(model)
-        except Exception as e:
-            raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
+    try:
+        yolo = load(path, trust=trust) if path.suffix == ".pt" else YOLO(model)
+    except UnsafeCheckpointError:
+        raise  # one line already, naming what was refused
+    except Exception as e:
+        raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
     det = detection_model(yolo)
     nc = det.model[-1].nc
     if path.suffix != ".pt":
@@ -236,9 +231,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     if plugin["export"]:
         final = save_dir / "weights" / ("best.pt" if "finetuned" in stages else "pruned.pt")
         images = image_files(data["val"])[:4]
-        result["export"] = export(
-            final, format=plugin["export"], imgsz=overrides["imgsz"], images=images, trust=plugin["trust"]
-        )
+        result["export"] = export(final, plugin["export"], overrides["imgsz"], images=images, trust=plugin["trust"])
     save_json(result, save_dir / "report.json")
     plot_channels(
         report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}"

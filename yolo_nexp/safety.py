@@ -57,10 +57,13 @@ def read_pickles(path: str | Path, arg: str = "model") -> list[bytes]:
         )
     try:
         with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if n.endswith(".pkl")]
-            if not names:
+            members = z.infolist()
+            if len({m.filename for m in members}) != len(members):  # torch might read another copy than this scan
+                raise ValueError("duplicate member names")
+            pickles = [m for m in members if m.filename.endswith(".pkl")]
+            if not pickles:
                 raise ValueError("it holds no pickle")
-            return [z.read(n) for n in names]
+            return [z.read(m) for m in pickles]
     except Exception as e:  # BadZipFile, OSError, zlib.error, struct.error, EOFError...: all mean a damaged file
         raise _unreadable(path, arg, str(e) or type(e).__name__) from None
 
