@@ -19,6 +19,7 @@ from .report import PruneReport, macs_and_params
 from .sensitivity import measure
 
 DEFAULT_CRITERION = CRITERIA[0]
+SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is measured on: 3 forward passes per group each
 
 
 def check_prune_args(
@@ -95,7 +96,8 @@ def _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose)
     macs_model = MacsModel(det)
     if allocation == "sensitivity":
         nc = det.model[-1].nc
-        curves = measure(det, graph, sets, widths, calib.input_means(), calib.images, nc, verbose=verbose)
+        images = calib.images[:SENSITIVITY_BATCHES]
+        curves = measure(det, graph, sets, widths, calib.input_means(), images, nc, verbose=verbose)
         order = alloc.sensitivity_order(sets, widths, curves, macs_model)
     else:
         order = (alloc.global_order if allocation == "global" else alloc.uniform_order)(sets, widths)
