@@ -61,7 +61,7 @@ CASES = {  # name: (arguments, words the one-line message must contain)
     "not a checkpoint": (["model={text}"], ["model", "not a readable PyTorch checkpoint"]),
     "corrupt checkpoint": (["model={truncated}"], ["model", "corrupt"]),
     "classification model": (["model=yolov8n-cls.yaml"], ["model", "detection", "Classify"]),
-    "segmentation model": (["model=yolov8n-seg.yaml"], ["model", "detection", "Segment"]),
+    "unsupported block": (["model=yolo12n.yaml"], ["model", "A2C2f", "cannot prune"]),
     "RT-DETR": (["model={rtdetr}"], ["model", "detection", "RTDETRDecoder"]),
     "missing data": (["data={tmp}/nowhere.yaml"], ["data", "does not exist"]),
     "empty data yaml": (["data={empty_yaml}"], ["data", "train"]),
@@ -123,8 +123,8 @@ def test_api_errors(yolov8n, kwargs, words):
         yolo_nexp.prune(yolov8n, imgsz=IMGSZ, verbose=False, **kwargs)
 
 
-@pytest.mark.parametrize("cfg", ["yolov8n-cls.yaml", "yolov8n-seg.yaml", "yolo11n.yaml"])
-def test_api_rejects_non_yolov8_detection(cfg):
+@pytest.mark.parametrize("cfg", ["yolov8n-cls.yaml", "yolo12n.yaml", "yolo26n.yaml", "yolov10n.yaml"])
+def test_api_rejects_models_outside_the_family(cfg):
     with pytest.raises(TypeError, match="YOLOv8"):
         yolo_nexp.prune(YOLO(cfg), imgsz=IMGSZ, verbose=False)
 

@@ -30,7 +30,8 @@ def head_output(model: nn.Module, images: list[torch.Tensor]) -> list[torch.Tens
             outs = [model(x) for x in images]
     finally:
         model.train(was_training)
-    return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
+    outs = [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
+    return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]  # Segment: (decoded, prototypes)
 
 
 def distortion(out: torch.Tensor, ref: torch.Tensor, nc: int) -> float:
