@@ -54,7 +54,9 @@ def test_pruning_at_initialisation(tiny_data, tmp_path):
 
 def test_gradual_pruning_reaches_ratio(tiny_data, tmp_path):
     model = YOLO("yolov8n.yaml")
-    cb = yolo_nexp.attach(model, ratio=0.5, epoch=0, steps=2, batches=1, round_to=1, verbose=False)
+    cb = yolo_nexp.attach(
+        model, ratio=0.5, epoch=0, steps=2, batches=1, round_to=1, allocation="uniform", verbose=False
+    )  # uniform: every layer's width shows the schedule
     _train(model, tiny_data, tmp_path, "steps", epochs=3)
     assert len(cb.reports) == 2
     first, second = cb.reports

@@ -11,6 +11,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_nexp
+from yolo_nexp.allocation import ALLOCATIONS
 from yolo_nexp.criteria import CRITERIA
 
 
@@ -20,17 +21,20 @@ from yolo_nexp.criteria import CRITERIA
     lower=st.floats(0.0, 1.0),
     round_to=st.sampled_from([1, 4, 8, 16]),
     criterion=st.sampled_from(CRITERIA),
+    allocation=st.sampled_from(ALLOCATIONS),
     scale=st.sampled_from(["n", "s"]),
     nc=st.integers(1, 90),
     imgsz=st.sampled_from([32, 64, 96]),
 )
 def test_pruned_model_forwards_shrinks_monotonically_and_round_trips(
-    ratio, lower, round_to, criterion, scale, nc, imgsz
+    ratio, lower, round_to, criterion, allocation, scale, nc, imgsz
 ):
     dense = DetectionModel(f"yolov8{scale}.yaml", nc=nc, verbose=False)
     x = torch.rand(1, 3, imgsz, imgsz)
     expected = dense.eval()(x)[0].shape
-    kw = dict(round_to=round_to, criterion=criterion, imgsz=imgsz, batches=1, batch=2, verbose=False)
+    kw = dict(
+        round_to=round_to, criterion=criterion, allocation=allocation, imgsz=imgsz, batches=1, batch=2, verbose=False
+    )
     less_pruned = copy.deepcopy(dense)
     report = yolo_nexp.prune(dense, ratio=ratio, **kw)
     report_lower = yolo_nexp.prune(less_pruned, ratio=ratio * lower, **kw)

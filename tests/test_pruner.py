@@ -39,7 +39,8 @@ def test_pruned_model_is_smaller_and_forwards(scale, ratio, criterion):
     head = det.model[-1]
     dfl = {name: p.clone() for name, p in det.named_parameters() if ".dfl." in name}
     shapes = {s: _outputs(det, torch.rand(1, 3, s, s)).shape for s in (IMGSZ, 96)}
-    report = yolo_nexp.prune(model, ratio=ratio, criterion=criterion, imgsz=IMGSZ, batches=1, batch=4, verbose=False)
+    kw = dict(imgsz=IMGSZ, batches=1, batch=4, allocation="uniform", verbose=False)  # every layer loses `ratio`
+    report = yolo_nexp.prune(model, ratio=ratio, criterion=criterion, **kw)
 
     assert report.macs_after < report.macs_before and report.params_after < report.params_before
     assert (report.macs_after, report.params_after) == macs_and_params(det, IMGSZ)  # the report tells the truth
@@ -129,7 +130,14 @@ def test_nexp_prunes_dead_channels_first(tiny_data):
     lively = per_channel(block.bn)[:, ~zero]
     # remove exactly that many; no repair, so that the kept channels' BN state stays bit for bit what it was
     yolo_nexp.prune(
-        model, ratio=int(zero.sum()) / 32, round_to=1, source=tiny_data, criterion="nexp", repair="none", **kw
+        model,
+        ratio=int(zero.sum()) / 32,
+        round_to=1,
+        source=tiny_data,
+        criterion="nexp",
+        repair="none",
+        allocation="uniform",
+        **kw,
     )
     torch.testing.assert_close(per_channel(block.bn), lively)  # exactly the channels with NEXP > 0, in order
 
@@ -182,10 +190,15 @@ def test_macs_target_lands_within_one_point(yolov8n, target, allocation):
     assert report.macs_target == target and 0 < report.ratio < 1
 
 
+@pytest.mark.parametrize(
+    "allocation,ratio",
+    [("uniform", r) for r in (0.0, 0.0001, 0.003)]  # below one channel of the widest layer (256)
+    + [(a, r) for a in ("global", "sensitivity") for r in (0.0, 0.0001)],  # below one channel of all of them
+)
 @pytest.mark.parametrize("round_to", [1, 8])
-@pytest.mark.parametrize("ratio", [0.0, 0.0001, 0.003])  # below one channel of the widest layer (256)
-def test_tiny_ratios_remove_nothing(yolov8n, ratio, round_to):
+def test_tiny_ratios_remove_nothing(yolov8n, allocation, ratio, round_to):
     """Rounding never removes more than asked: a ratio below one channel (or one round_to step) removes none."""
-    report = yolo_nexp.prune(yolov8n, ratio=ratio, round_to=round_to, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    kw = dict(round_to=round_to, allocation=allocation, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    report = yolo_nexp.prune(yolov8n, ratio=ratio, **kw)
     assert all(b == a for b, a in report.channels.values())
     assert report.macs_after == report.macs_before

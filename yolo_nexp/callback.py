@@ -19,7 +19,7 @@ from functools import partial
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from .pruner import prune
+from .pruner import DEFAULT_CRITERION, prune
 from .report import PruneReport
 from .trainer import NexpTrainer, keep_pruned_get_model
 
@@ -111,7 +111,13 @@ def rebuild_training_state(trainer) -> None:
 
 
 def attach(
-    model, ratio: float = 0.5, epoch: int = 0, criterion: str = "nexp", batches: int = 4, steps: int = 1, **prune_kwargs
+    model,
+    ratio: float = 0.5,
+    epoch: int = 0,
+    criterion: str = DEFAULT_CRITERION,
+    batches: int = 4,
+    steps: int = 1,
+    **prune_kwargs,
 ) -> NexpPruneCallback:
     """Register pruning on an Ultralytics ``YOLO`` object; its next ``model.train(...)`` prunes during training.
 
@@ -122,7 +128,7 @@ def attach(
         criterion (str): Importance criterion (see :func:`yolo_nexp.prune`).
         batches (int): Training-loader batches used to score NEXP.
         steps (int): Prune gradually over this many epochs, starting at ``epoch``.
-        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments (round_to, alpha, global_pruning, verbose).
+        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments (round_to, alpha, repair, allocation, bn_recal, verbose).
 
     Returns:
         (NexpPruneCallback): The registered callback (its ``reports`` fill in as pruning happens).

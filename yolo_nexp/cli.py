@@ -15,7 +15,7 @@ from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, parse_key_value_pair
 from ultralytics.utils import LOGGER
 
 from .export import ParityError
-from .pruner import check_prune_args
+from .pruner import check_prune_args, prune_kwargs
 
 MODES = ("prune", "export")
 USAGE = """yolo-nexp: prune Ultralytics YOLOv8 detectors by Neural Expressiveness (NEXP).
@@ -101,9 +101,7 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
     if not isinstance(plugin["trust"], bool):
         raise UsageError(f"trust must be True or False; got {plugin['trust']!r}.")
     try:
-        check_prune_args(
-            plugin["ratio"], plugin["macs"], plugin["criterion"], plugin["alpha"], plugin["round_to"], plugin["batches"]
-        )
+        check_prune_args(**prune_kwargs(plugin))
     except ValueError as e:
         raise UsageError(str(e)) from None
     # Ultralytics' own type and range checks, up front so a bad value fails before anything is written.

@@ -19,7 +19,7 @@ from .data import image_files
 from .export import export
 from .graph import detection_model
 from .loading import load
-from .pruner import prune
+from .pruner import prune, prune_kwargs
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
 from .safety import UnsafeCheckpointError, check_checkpoint
 from .synthetic import make_dataset
@@ -188,17 +188,11 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     source = overrides["data"] if plugin["source"] == "train" else plugin["source"]
     report = prune(
         yolo,
-        ratio=plugin["ratio"],
-        criterion=plugin["criterion"],
         source=source,
-        batches=plugin["batches"],
         imgsz=overrides["imgsz"],
         batch=overrides["batch"],
-        round_to=plugin["round_to"],
-        alpha=plugin["alpha"],
-        global_pruning=plugin["global"],
-        macs=plugin["macs"],
         seed=overrides["seed"],
+        **prune_kwargs(plugin),
     )
     atomic_write(save_dir / "weights" / "pruned.pt", yolo.save)
     stages["pruned"] = _validate(yolo, overrides, save_dir, "pruned", coco)

@@ -30,8 +30,9 @@ def check_prune_args(
     round_to: int = 8,
     batches: int = 4,
     repair: str = "mean",
-    allocation: str = "uniform",
+    allocation: str = "sensitivity",
     bn_recal: bool = False,
+    global_pruning: bool = False,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -63,6 +64,16 @@ def check_prune_args(
         raise ValueError(f"allocation: unknown '{allocation}', choose one of {', '.join(alloc.ALLOCATIONS)}.")
     if not isinstance(bn_recal, bool):
         raise ValueError(f"bn_recal must be True or False; got {bn_recal!r}.")
+    if not isinstance(global_pruning, bool):
+        raise ValueError(f"global must be True or False; got {global_pruning!r}.")
+
+
+PLUGIN_KEYS = ("ratio", "macs", "criterion", "alpha", "round_to", "batches", "repair", "allocation", "bn_recal")
+
+
+def prune_kwargs(plugin: dict) -> dict:
+    """The :func:`prune` arguments among the plugin's arguments (``configs/default.yaml``; ``global`` is renamed)."""
+    return {**{k: plugin[k] for k in PLUGIN_KEYS if k in plugin}, "global_pruning": plugin.get("global", False)}
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:
@@ -128,7 +139,7 @@ def prune(
     seed: int = 0,
     verbose: bool = True,
     repair: str = "mean",
-    allocation: str = "uniform",
+    allocation: str = "sensitivity",
     bn_recal: bool = False,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
@@ -149,7 +160,7 @@ def prune(
         batch (int): Images per calibration batch.
         round_to (int): Keep channel counts at multiples of this (hardware-friendly widths); 1 disables.
         alpha (float): NEXP weight of the ``hybrid`` criterion.
-        global_pruning (bool): Same as ``allocation="global"``.
+        global_pruning (bool): Same as ``allocation="global"`` (kept for older code and command lines).
         macs (float | None): Instead of ``ratio``: the fraction of MACs to remove (reached within one step).
         seed (int): Seed for calibration sampling, noise and the ``random`` criterion.
         verbose (bool): Log progress and a summary.
@@ -167,8 +178,8 @@ def prune(
         >>> report = yolo_nexp.prune(model, ratio=0.5, source="noise", imgsz=320)
         >>> model.save("yolov8n-pruned.pt")
     """
-    allocation = "global" if global_pruning and allocation == "uniform" else allocation
-    check_prune_args(ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal)
+    check_prune_args(ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning)
+    allocation = "global" if global_pruning else allocation
     ratio = 0.5 if ratio is None and macs is None else ratio
     det = detection_model(model)
     widths_before = conv_widths(det)
