@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
+from ultralytics.nn.modules import OBB, Pose, Segment
 from ultralytics.utils import LOGGER
 from ultralytics.utils.metrics import box_iou
 
 from .loading import load
 
 RAW_ATOL = 1e-4  # fp32: max abs difference allowed between PyTorch and onnxruntime raw outputs
+TASKLESS = ("boxes_px", "boxes_rel", "scores")  # raw differences every task has
 MARGIN = 1e-3  # detections within this relative distance above the threshold are not compared
 
 
@@ -61,7 +63,7 @@ def export(
         raw = parity["raw_max_abs_diff"]
         LOGGER.info(
             f"yolo-nexp: ONNX parity: raw max |diff| scores {raw['scores']:.1e}, boxes {raw['boxes_rel']:.1e} of imgsz "
-            f"({raw['boxes_px']:.1e} px) (limit {RAW_ATOL:g}); detections after NMS identical on "
+            f"({raw['boxes_px']:.1e} px){_task_summary(raw)} (limit {RAW_ATOL:g}); detections after NMS identical on "
             f"{parity['images_matched']}/{parity['images']} images ({parity['detections']} compared)"
         )
         if not parity["raw_ok"]:
@@ -74,27 +76,64 @@ def export(
     return {"file": str(file), "parity": parity}
 
 
+def _task_summary(raw: dict) -> str:
+    """The task outputs' differences, for the log line."""
+    return "".join(f", {k.replace('_', ' ')} {v:.1e}" for k, v in raw.items() if k not in TASKLESS)
+
+
+def _exported_outputs(out) -> list[torch.Tensor]:
+    """What the exported graph returns, from the PyTorch eval output: the decoded predictions (and Segment's
+    prototypes), without the raw per-level dict that only PyTorch returns."""
+    first = out[0] if isinstance(out, (list, tuple)) else out
+    return list(first) if isinstance(first, (list, tuple)) else [first]
+
+
+def _task_rows_diff(diff: np.ndarray, head, imgsz: int) -> dict:
+    """Largest difference in output 0's rows after the class scores: mask coefficients (Segment), keypoints
+    (Pose: x and y in pixels, compared relative to imgsz like boxes; visibility as a probability) or angles (OBB)."""
+    rows = diff[:, 4 + head.nc :]
+    if not rows.size:
+        return {}
+    if isinstance(head, Pose):
+        ndim = head.kpt_shape[1]
+        pixels = np.arange(rows.shape[1]) % ndim < 2
+        return {"keypoints_rel": float(max(rows[:, pixels].max() / imgsz, rows[:, ~pixels].max(initial=0.0)))}
+    return {"angles" if isinstance(head, OBB) else "mask_coefficients": float(rows.max())}
+
+
 def _raw_diffs(
     model: str | Path, onnx_file: str | Path, inputs: list[np.ndarray], imgsz: int, trust: bool = False
 ) -> dict:
-    """Largest |PyTorch - onnxruntime| on output 0, PyTorch fused as the exporter fuses.
+    """Largest |PyTorch - onnxruntime| on every output, PyTorch fused as the exporter fuses.
 
-    Output 0 holds decoded boxes in pixels (rows 0-3) and class scores (rows 4+). A box coordinate
-    near 640 is only representable to ~6e-5 in fp32, so boxes are also compared in units of the
-    input size: that is where a 1e-4 absolute limit is meaningful.
+    Output 0 holds decoded boxes in pixels (rows 0-3), class scores, then the task's rows (see
+    :func:`_task_rows_diff`); a segmentation model's output 1 holds the mask prototypes. A box coordinate
+    near 640 is only representable to ~6e-5 in fp32, so boxes (and keypoints) are also compared in units of
+    the input size: that is where a 1e-4 absolute limit is meaningful.
     """
     import onnxruntime as ort
 
     torch_model = load(model, trust=trust).model.float().fuse().eval()
+    head = torch_model.model[-1]
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    boxes = scores = 0.0
+    result: dict = {}
     for x in inputs:
         with torch.inference_mode():
-            ref = torch_model(torch.from_numpy(x))
-        diff = np.abs((ref[0] if isinstance(ref, (list, tuple)) else ref).numpy() - session.run(None, {name: x})[0])
-        boxes, scores = max(boxes, float(diff[:, :4].max())), max(scores, float(diff[:, 4:].max()))
-    return {"boxes_px": boxes, "boxes_rel": boxes / imgsz, "scores": scores}
+            ref = [t.numpy() for t in _exported_outputs(torch_model(torch.from_numpy(x)))]
+        got = session.run(None, {name: x})
+        diff = np.abs(ref[0] - got[0])
+        found = {"boxes_px": float(diff[:, :4].max()), "scores": float(diff[:, 4 : 4 + head.nc].max())}
+        found.update(_task_rows_diff(diff, head, imgsz))
+        if isinstance(head, Segment):
+            found["prototypes"] = float(np.abs(ref[1] - got[1]).max())
+        result = {k: max(v, result.get(k, 0.0)) for k, v in found.items()}
+    return {**result, "boxes_rel": result["boxes_px"] / imgsz}
+
+
+def _detections(result):
+    """The detections of one Ultralytics result: rotated boxes for OBB, boxes otherwise."""
+    return result.obb if result.obb is not None else result.boxes
 
 
 def _match_detections(a, b, floor: float, atol: float = 1e-3, iou: float = 0.7) -> tuple[bool, int]:
@@ -122,7 +161,7 @@ def _match_detections(a, b, floor: float, atol: float = 1e-3, iou: float = 0.7) 
 def _threshold_for(pt: YOLO, image, imgsz: int, k: int) -> float:
     """PyTorch's k-th highest confidence after NMS on ``image``: untrained models score everything low,
     and a fixed threshold would compare empty lists."""
-    conf = np.sort(pt.predict(image, imgsz=imgsz, conf=1e-9, max_det=k, verbose=False)[0].boxes.conf.numpy())
+    conf = np.sort(_detections(pt.predict(image, imgsz=imgsz, conf=1e-9, max_det=k, verbose=False)[0]).conf.numpy())
     return float(conf[0]) if len(conf) else 1e-9
 
 
@@ -151,7 +190,8 @@ def onnx_parity(
         trust (bool): Open ``model`` with stock ``YOLO(path)`` instead of :func:`yolo_nexp.load` (restricted).
 
     Returns:
-        (dict): raw max |diff| (boxes in pixels and relative to imgsz, scores), raw_ok, images, images_matched
+        (dict): raw max |diff| (boxes in pixels and relative to imgsz, scores, and the task's outputs: mask
+            coefficients and prototypes, keypoints relative to imgsz, or angles), raw_ok, images, images_matched
             (identical detections), detections (compared), detections_match (on every image).
     """
     rng = np.random.default_rng(seed)
@@ -159,7 +199,8 @@ def onnx_parity(
     raw = _raw_diffs(model, onnx_file, inputs, imgsz, trust=trust)
     if images is None:
         images = [(rng.random((imgsz, imgsz, 3)) * 255).astype(np.uint8) for _ in range(n)]
-    pt, ox = load(model, trust=trust), YOLO(str(onnx_file), task="detect")  # an .onnx file is not unpickled
+    pt = load(model, trust=trust)
+    ox = YOLO(str(onnx_file), task=pt.task)  # an .onnx file is not unpickled
     matched, count = 0, 0
     for im in images:
         # Square letterbox first: Ultralytics feeds a .pt the smallest stride-multiple rectangle but a static ONNX
@@ -167,12 +208,12 @@ def onnx_parity(
         im = LetterBox((imgsz, imgsz), auto=False)(image=cv2.imread(str(im)) if isinstance(im, (str, Path)) else im)
         floor = _threshold_for(pt, im, imgsz, top_k) if conf is None else conf
         kw = dict(imgsz=imgsz, conf=floor * (1 - MARGIN), verbose=False)  # a little below, so NMS sees the same boxes
-        a, b = pt.predict(im, **kw)[0].boxes.cpu(), ox.predict(im, **kw)[0].boxes.cpu()
+        a, b = _detections(pt.predict(im, **kw)[0]).cpu(), _detections(ox.predict(im, **kw)[0]).cpu()
         ok, compared = _match_detections(a, b, floor=floor * (1 + MARGIN))
         matched, count = matched + ok, count + compared
     return {
         "raw_max_abs_diff": raw,
-        "raw_ok": raw["boxes_rel"] <= RAW_ATOL and raw["scores"] <= RAW_ATOL,
+        "raw_ok": all(v <= RAW_ATOL for k, v in raw.items() if k != "boxes_px"),
         "images": len(images),
         "detections": count,
         "images_matched": matched,

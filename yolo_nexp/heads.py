@@ -75,16 +75,15 @@ def output_layers(model: DetectionModel) -> list[nn.Module]:
     return layers
 
 
-def task_of(model) -> str:
-    """The task of a model module (by its head), or of a model file (a yaml, or a checkpoint read safely)."""
+def task_of(model, trust: bool = False) -> str:
+    """The task of a model module (by its head), or of a model file: a yaml, or a checkpoint (read safely unless
+    ``trust``, see :func:`yolo_nexp.load`)."""
     if isinstance(model, (str, Path)):
-        if Path(model).suffix == ".pt":
-            from .loading import read_checkpoint  # a checkpoint is only ever read through the safe loader
-
-            ckpt = read_checkpoint(model)
-            model = ckpt.get("ema") or ckpt["model"]
-        else:
+        if Path(model).suffix != ".pt":
             return guess_model_task(str(model))
+        from .loading import load  # a checkpoint is only ever opened through the safe loader
+
+        return load(model, trust=trust).task
     head = model.model[-1]
     return HEADS[type(head)][0] if type(head) in HEADS else guess_model_task(model)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ultralytics import YOLO
 from ultralytics.data.utils import check_det_dataset
-from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, SETTINGS
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.files import increment_path
@@ -18,12 +17,13 @@ from .coco import NOT_AVAILABLE, coco_metrics, find_annotations
 from .data import image_files
 from .export import export
 from .graph import detection_model
+from .heads import check_fits_data, dense_for_data, task_of
 from .loading import load
 from .pruner import prune, prune_kwargs
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
 from .safety import UnsafeCheckpointError, check_checkpoint
 from .synthetic import make_dataset
-from .trainer import NexpTrainer
+from .trainer import trainer_for
 
 SYNTHETIC_VERSION = 1  # bump when the generator changes, so caches are rebuilt
 
@@ -33,10 +33,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("YOLO_NEXP_CACHE", Path.home() / ".cache" / "yolo-nexp"))
 
 
-def resolve_data(data) -> str:
-    """The data yaml to use; ``synthetic`` (or nothing) generates the seeded offline dataset once and reuses it."""
+def resolve_data(data, model=None, trust: bool = False) -> str:
+    """The data yaml; ``synthetic`` (or nothing) generates the seeded offline dataset of ``model``'s task once."""
     if data in (None, "", "synthetic"):
-        return str(make_dataset(cache_dir() / f"synthetic-v{SYNTHETIC_VERSION}", n_train=128, n_val=32, imgsz=320))
+        task = task_of(model, trust) if model is not None else "detect"
+        name = f"synthetic-v{SYNTHETIC_VERSION}" if task == "detect" else f"synthetic-{task}-v{SYNTHETIC_VERSION}"
+        return str(make_dataset(cache_dir() / name, n_train=128, n_val=32, imgsz=320, task=task))
     return str(data)
 
 
@@ -97,7 +99,7 @@ def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
 
     Raises:
         ValueError: If it cannot be loaded, is refused (unless ``trust``), or its class count differs from the data's.
-        TypeError: If it is not a YOLOv8 detection model.
+        TypeError: If it is not a detection-family model (detect, segment, pose, obb) of supported blocks.
     """
     model = str(path)
     try:
@@ -109,13 +111,13 @@ def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
     det = detection_model(yolo)
     nc = det.model[-1].nc
     if path.suffix != ".pt":
-        yolo.model = DetectionModel(det.yaml, nc=data["nc"], verbose=False)
-        yolo.model.names = data["names"]
+        yolo.model = dense_for_data(det, data)  # the model's own class, with the data's classes and keypoints
     elif nc != data["nc"]:
         raise ValueError(
             f"data: model '{model}' predicts {nc} classes but the data has {data['nc']}; "
             f"train it on this data first (yolo train model={model} data=...), then prune the result."
         )
+    check_fits_data(yolo.model, data, f"model '{model}'")  # a pose model's keypoint shape too
     return yolo
 
 
@@ -135,6 +137,10 @@ def _stage(yolo: YOLO, overrides: dict, metrics, coco: dict | None) -> dict:
     """MACs, params and Ultralytics' mAP of one stage, and pycocotools' when ``coco`` (data, annotations) is given."""
     macs, params = macs_and_params(detection_model(yolo), overrides["imgsz"])
     stage = {"macs": macs, "params": params, "map50": float(metrics.box.map50), "map": float(metrics.box.map)}
+    for kind in ("seg", "pose"):  # the task's own mAP (masks, keypoints) next to the boxes'
+        if hasattr(metrics, kind):
+            task_metric = getattr(metrics, kind)
+            stage[f"{kind}_map50"], stage[f"{kind}_map"] = float(task_metric.map50), float(task_metric.map)
     if coco:
         stage["coco"] = coco_metrics(yolo, coco["data"], coco["annotations"], overrides["imgsz"], overrides["batch"])
     return stage
@@ -147,13 +153,13 @@ def _default_name(model: str, plugin: dict) -> str:
 
 
 def _finetune(yolo: YOLO, overrides: dict, save_dir: Path):
-    """Fine-tune with :class:`NexpTrainer` in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
+    """Fine-tune with the task's keep-pruned trainer in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
 
     Before the first epoch ends Ultralytics has written no ``last.pt``; the pruned model stands in for it.
     """
     try:
         return yolo.train(
-            trainer=NexpTrainer, **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
+            trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
         )
     except KeyboardInterrupt:
         weights = save_dir / "weights"
@@ -175,7 +181,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     overrides = {"imgsz": 640, "batch": 16, "seed": 0, **overrides}
     model_arg = str(overrides.pop("model"))
     model_path = check_model_file(model_arg, trust=plugin["trust"])
-    overrides["data"] = resolve_data(overrides.get("data"))
+    overrides["data"] = resolve_data(overrides.get("data"), model_path, plugin["trust"])
     data = check_data(overrides["data"])
     yolo = load_model(model_path, data, trust=plugin["trust"])
     annotations = find_annotations(data, plugin["coco_json"])

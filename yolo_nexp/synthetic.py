@@ -1,8 +1,14 @@
-"""A seeded synthetic detection dataset: shapes of several classes on cluttered backgrounds, in YOLO format.
+"""A seeded synthetic dataset: shapes of several classes on cluttered backgrounds, in YOLO format, for every task.
 
 Used as the offline default data (no downloads are possible here) and by the tests. Each class is a
 shape (filled or outlined) with its own hue range, drawn at many scales over a background of random
-gradients, lines and blobs; later objects may partly occlude earlier ones.
+gradients, lines and blobs.
+
+- ``detect``: boxes; later objects may partly occlude earlier ones.
+- ``segment``, ``pose``, ``obb``: objects do not overlap, and each is drawn from the polygon its label gives
+  (:mod:`yolo_nexp.shapes`), so labels are exact: ``segment`` labels the shape's polygon (its mask), ``pose``
+  the box and four keypoints (the corners of the shape's box, clockwise from top-left, all visible), ``obb``
+  the four corners of the shape's box, drawn rotated by a random angle.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ import cv2
 import numpy as np
 import yaml
 
-SHAPES = ("rectangle", "ellipse", "triangle", "cross", "ring", "diamond", "star", "bar")
+from .shapes import SHAPES, corners, extent, outline, place
+
+TASKS = ("detect", "segment", "pose", "obb")
+KPT_SHAPE = [4, 3]  # pose: four keypoints (x, y, visibility)
+FLIP_IDX = [1, 0, 3, 2]  # a left-right flip swaps top-left/top-right and bottom-right/bottom-left
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -81,6 +91,53 @@ def _image(rng: np.random.Generator, size: int, nc: int, max_objects: int) -> tu
     return img, lines
 
 
+def _free_box(rng: np.random.Generator, size: int, ex: float, ey: float, taken: list) -> tuple | None:
+    """A box of half-extents ``(ex, ey)`` inside the image that keeps a pixel away from every ``taken`` box."""
+    for _ in range(30):
+        cx, cy = rng.uniform(ex, size - ex), rng.uniform(ey, size - ey)
+        box = (cx - ex, cy - ey, cx + ex, cy + ey)
+        if all(box[0] > t[2] + 1 or box[2] < t[0] - 1 or box[1] > t[3] + 1 or box[3] < t[1] - 1 for t in taken):
+            return box
+    return None
+
+
+def _label(task: str, cls: int, polygon: np.ndarray, box: np.ndarray, size: int) -> str:
+    """One label line: the polygon (segment), the rotated box's corners (obb), or box and corner keypoints (pose)."""
+
+    def norm(points: np.ndarray) -> str:
+        return " ".join(f"{v / size:.6f}" for v in points.reshape(-1))
+
+    if task == "segment":
+        return f"{cls} {norm(polygon)}"
+    if task == "obb":
+        return f"{cls} {norm(box)}"
+    (x1, y1), (x2, y2) = box.min(0), box.max(0)
+    keypoints = " ".join(f"{x / size:.6f} {y / size:.6f} 2" for x, y in box)
+    return f"{cls} {norm(np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]))} {keypoints}"
+
+
+def _task_image(rng: np.random.Generator, size: int, nc: int, max_objects: int, task: str) -> tuple[np.ndarray, list]:
+    """One image of non-overlapping shapes, each drawn from exactly the polygon its label is made from."""
+    img = _background(rng, size)
+    lines, taken = [], []
+    for _ in range(rng.integers(1, max_objects + 1)):
+        cls = int(rng.integers(0, nc))
+        a, b = (rng.uniform(0.05, 0.6, 2) * size).clip(6, size - 2) / 2
+        angle = float(rng.uniform(0, np.pi / 2)) if task == "obb" else 0.0
+        ex, ey = extent(a, b, angle)
+        fit = min(1.0, (size / 2 - 1) / max(ex, ey))  # a rotated box must still fit in the image
+        a, b, ex, ey = a * fit, b * fit, ex * fit, ey * fit
+        box = _free_box(rng, size, ex, ey, taken)
+        if box is None:
+            continue
+        taken.append(box)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        polygon = np.round(place(outline(SHAPES[cls % len(SHAPES)], a, b), centre, angle))  # what is drawn
+        cv2.fillPoly(img, [polygon.astype(np.int32)], _colour(rng, cls, nc))
+        lines.append(_label(task, cls, polygon, place(corners(a, b), centre, angle), size))
+    return img, lines
+
+
 def make_dataset(
     root: str | Path,
     n_train: int = 64,
@@ -89,6 +146,7 @@ def make_dataset(
     nc: int = 8,
     seed: int = 0,
     max_objects: int = 6,
+    task: str = "detect",
 ) -> Path:
     """Write the dataset under ``root`` (atomically: built in a temporary folder, then renamed) and return its yaml.
 
@@ -102,10 +160,14 @@ def make_dataset(
         nc (int): Number of classes (up to 8 distinct shapes; more classes reuse shapes with other hues).
         seed (int): Seed: the same arguments give the same files.
         max_objects (int): Most objects per image.
+        task (str): Labels for ``detect`` (boxes), ``segment`` (polygons), ``pose`` (boxes and four keypoints) or
+            ``obb`` (rotated boxes); see the module docstring.
 
     Returns:
         (Path): The data yaml, usable as Ultralytics ``data=``.
     """
+    if task not in TASKS:
+        raise ValueError(f"task: unknown '{task}', choose one of {', '.join(TASKS)}.")
     root = Path(root)
     yaml_file = root / "data.yaml"
     if yaml_file.is_file():
@@ -118,11 +180,17 @@ def make_dataset(
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(n):
-                img, lines = _image(rng, imgsz, nc, max_objects)
-                cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.jpg"), img)
+                if task == "detect":  # the original generator, draw for draw (cached datasets stay valid)
+                    img, lines = _image(rng, imgsz, nc, max_objects)
+                else:
+                    img, lines = _task_image(rng, imgsz, nc, max_objects, task)
+                suffix = ".jpg" if task == "detect" else ".png"  # lossless where labels are exact to the pixel
+                cv2.imwrite(str(tmp / "images" / split / f"{i:05d}{suffix}"), img)
                 (tmp / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
         names = {i: f"{SHAPES[i % len(SHAPES)]}{i // len(SHAPES) or ''}" for i in range(nc)}
         data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val", "names": names}
+        if task == "pose":
+            data.update(kpt_shape=KPT_SHAPE, flip_idx=FLIP_IDX)
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, root)  # atomic: a crash leaves no half-written dataset at root
     except BaseException:

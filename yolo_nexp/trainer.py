@@ -1,8 +1,10 @@
-"""A DetectionTrainer that keeps the pruned architecture (DESIGN.md section 3).
+"""Trainers that keep the pruned architecture (DESIGN.md section 3), one per task.
 
 Ultralytics' trainer rebuilds the model from ``model.yaml`` and copies only the tensors whose shapes
-match, so a pruned model silently turns back into the dense one. :class:`NexpTrainer` trains the
-pruned module itself; for a dense model it behaves exactly like the stock trainer.
+match, so a pruned model silently turns back into the dense one. :class:`KeepPruned` makes a task's
+stock trainer train the pruned module itself; for a dense model it behaves exactly like the stock one.
+:class:`NexpTrainer` (detect), :class:`NexpSegmentationTrainer`, :class:`NexpPoseTrainer` and
+:class:`NexpOBBTrainer` are that mixin on Ultralytics' trainer of each task; :func:`trainer_for` picks one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import os
 
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
 
@@ -21,15 +26,22 @@ def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bo
     """``trainer.get_model`` that returns a pruned ``weights`` module as it is, else ``fallback(cfg, weights)``.
 
     Raises:
-        ValueError: If a pruned model's class count differs from the data's (its head cannot be rebuilt).
+        ValueError: If a pruned model's class count (or keypoint shape) differs from the data's: its head
+            cannot be rebuilt.
     """
     if not (isinstance(weights, DetectionModel) and is_pruned(weights)):
         return fallback(cfg=cfg, weights=weights, verbose=verbose)
-    nc = weights.model[-1].nc
-    if nc != trainer.data["nc"]:
+    head = weights.model[-1]
+    if head.nc != trainer.data["nc"]:
         raise ValueError(
-            f"data: the pruned model predicts {nc} classes but '{trainer.args.data}' has {trainer.data['nc']}. "
-            f"Prune a model trained on this data, or use data with {nc} classes."
+            f"data: the pruned model predicts {head.nc} classes but '{trainer.args.data}' has {trainer.data['nc']}. "
+            f"Prune a model trained on this data, or use data with {head.nc} classes."
+        )
+    kpt_shape = getattr(head, "kpt_shape", None)
+    if kpt_shape is not None and list(kpt_shape) != list(trainer.data.get("kpt_shape") or kpt_shape):
+        raise ValueError(
+            f"data: the pruned model predicts keypoints of shape {list(kpt_shape)} but '{trainer.args.data}' has "
+            f"{list(trainer.data['kpt_shape'])}. Prune a model trained on this data."
         )
     if verbose and RANK in {-1, 0}:
         n = sum(p.numel() for p in weights.parameters())
@@ -37,13 +49,10 @@ def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bo
     return trainer.set_model_names_for_load(weights.float())
 
 
-class NexpTrainer(DetectionTrainer):
-    """Fine-tune, and resume, a pruned YOLOv8 without losing its architecture.
+class KeepPruned:
+    """Mixin for an Ultralytics trainer: fine-tune, and resume, a pruned model without losing its architecture.
 
-    Examples:
-        >>> from ultralytics import YOLO
-        >>> from yolo_nexp import NexpTrainer
-        >>> YOLO("pruned.pt").train(trainer=NexpTrainer, data="coco128.yaml", epochs=10)
+    Put it first in the bases, before the task's trainer (e.g. ``class T(KeepPruned, SegmentationTrainer)``).
     """
 
     def check_resume(self, overrides):
@@ -52,7 +61,7 @@ class NexpTrainer(DetectionTrainer):
         super().check_resume(overrides)
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
-        """The pruned ``weights`` module itself; otherwise the stock model built from ``cfg``."""
+        """The pruned ``weights`` module itself; otherwise the task's stock model built from ``cfg``."""
         return keep_pruned_get_model(self, super().get_model, cfg=cfg, weights=weights, verbose=verbose)
 
     def save_model(self):
@@ -73,3 +82,39 @@ class NexpTrainer(DetectionTrainer):
             for tmp in temporary.values():
                 tmp.unlink(missing_ok=True)
         return saved
+
+
+class NexpTrainer(KeepPruned, DetectionTrainer):
+    """Fine-tune, and resume, a pruned detection model without losing its architecture.
+
+    Examples:
+        >>> from ultralytics import YOLO
+        >>> from yolo_nexp import NexpTrainer
+        >>> YOLO("pruned.pt").train(trainer=NexpTrainer, data="coco128.yaml", epochs=10)
+    """
+
+
+class NexpSegmentationTrainer(KeepPruned, SegmentationTrainer):
+    """Fine-tune, and resume, a pruned segmentation model without losing its architecture."""
+
+
+class NexpPoseTrainer(KeepPruned, PoseTrainer):
+    """Fine-tune, and resume, a pruned pose model without losing its architecture."""
+
+
+class NexpOBBTrainer(KeepPruned, OBBTrainer):
+    """Fine-tune, and resume, a pruned oriented-box model without losing its architecture."""
+
+
+TRAINERS = {"detect": NexpTrainer, "segment": NexpSegmentationTrainer, "pose": NexpPoseTrainer, "obb": NexpOBBTrainer}
+
+
+def trainer_for(task: str) -> type:
+    """The keep-pruned trainer class for an Ultralytics task (``YOLO(...).task``).
+
+    Raises:
+        ValueError: For a task without one (classify, semantic, depth...).
+    """
+    if task not in TRAINERS:
+        raise ValueError(f"task: yolo-nexp fine-tunes {', '.join(TRAINERS)} models, not '{task}'.")
+    return TRAINERS[task]
