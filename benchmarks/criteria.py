@@ -68,6 +68,7 @@ class Bench:
                 result["recovered"] = self.finetune(model, seed)
             self.results[key] = result
             if self.store:
+                self.store.parent.mkdir(parents=True, exist_ok=True)
                 self.store.write_text(json.dumps(self.results, indent=1))
             print(setting, cut, seed, result, flush=True)
         return self.results[key]

@@ -13,8 +13,10 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def _cell(values: list[float], dense: float) -> str:
-    """Retention (and mAP50-95), mean ± half-range over seeds."""
+    """Retention (and mAP50-95), mean ± half-range over seeds; mAP50-95 alone when the dense model scores 0."""
     mean, half = _mean_spread(values)
+    if dense <= 0:
+        return f"{mean:.3f}"
     spread = f" ± {half / dense:.0%}" if len(values) > 1 else ""
     return f"{mean / dense:.0%}{spread} ({mean:.3f})"
 
@@ -43,7 +45,7 @@ def margins(rows: list, reference: str, dense: float, recover=None) -> list[str]
         ours, theirs = [r[kind] for r in ref[cut]], [r[kind] for r in cells[cut]]
         (m1, h1), (m2, h2) = _mean_spread(ours), _mean_spread(theirs)
         flag = " *" if abs(m1 - m2) > max(h1 + h2, MIN_GAP) else ""
-        return f"{100 * (m1 - m2) / dense:+.1f}{flag}"
+        return f"{100 * (m1 - m2) / max(dense, 1e-9):+.1f}{flag}"
 
     lines = [
         f"`{reference}` minus each row, in points of retention (positive: `{reference}` keeps more; `*`: the "
@@ -64,7 +66,7 @@ def goal_lines(rows: list, reference: str, dense: float, recover) -> list[str]:
     lines = []
     for cut, goal in GOALS.items():
         if cut in ref:
-            kept = statistics.mean(r["pruned"] for r in ref[cut]) / dense
+            kept = statistics.mean(r["pruned"] for r in ref[cut]) / max(dense, 1e-9)
             lines.append(f"- one-shot at -{cut:.0%} MACs: keeps {kept:.0%} (goal {goal:.0%}): {'met' if kept >= goal else 'missed'}")
     beaten = []
     for label, cells in rows:
