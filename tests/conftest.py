@@ -41,3 +41,18 @@ def tiny_data(tmp_path_factory):
 def yolov8n():
     """A fresh randomly initialised yolov8n (80 classes)."""
     return YOLO("yolov8n.yaml")
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory):
+    """``task_data(task)``: a seeded synthetic dataset for ``segment``, ``pose``, ``obb`` (or ``detect``): 8 train and
+    4 val images of 64 px, 3 classes, made once per session."""
+    made = {}
+
+    def make(task: str):
+        if task not in made:
+            root = tmp_path_factory.mktemp(f"data-{task}") / "tiny"
+            made[task] = make_dataset(root, n_train=8, n_val=4, imgsz=IMGSZ, nc=3, seed=0, task=task)
+        return made[task]
+
+    return make
