@@ -19,55 +19,97 @@ from functools import partial
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from .pruner import DEFAULT_CRITERION, prune
+from . import distill
+from .pruner import DEFAULT_CRITERION, PLUGIN_KEYS, check_prune_args, prune
 from .report import PruneReport
-from .trainer import NexpTrainer, keep_pruned_get_model
+from .trainer import KeepPruned, keep_pruned_get_model
+
+
+def step_fraction(total: float, step: int, steps: int) -> float:
+    """Fraction of what is *left* to remove at ``step`` (1-based) so that ``total * step / steps`` is gone after it.
+
+    Shared by ratios (of channels) and MACs targets: both compound the same way.
+    """
+    before, after = total * (step - 1) / steps, total * step / steps
+    return 1.0 - (1.0 - after) / (1.0 - before)
 
 
 class NexpPruneCallback:
-    """Ultralytics callbacks that prune a model during training.
+    """Ultralytics callbacks that prune a model during training (the one gradual-pruning schedule of the plugin).
 
     Args:
-        ratio (float): Fraction of each prunable group's original channels removed in the end.
+        ratio (float | None): Fraction of the channels removed in the end (see :func:`yolo_nexp.prune`).
         epoch (int): Epoch at whose start pruning begins (0 = before any training).
-        steps (int): Number of pruning steps, one per epoch from ``epoch`` on, reaching ``ratio`` at the last.
-        **prune_kwargs: Passed to :func:`yolo_nexp.prune` (criterion, batches, round_to, alpha, ...).
+        steps (int): Number of pruning steps, reaching the target at the last.
+        every (int): Epochs between two steps.
+        macs (float | None): Instead of ``ratio``: the fraction of the MACs removed in the end.
+        first_step (int): Steps before this one were done elsewhere (the ``yolo-nexp prune`` job prunes step 1).
+        distill (float | None): Weight of distillation from the model as it was before the first step (0: off;
+            None: on, weight 1, when the model was trained, i.e. pruning after epoch 0 or from a ``.pt``).
+        **prune_kwargs: Passed to :func:`yolo_nexp.prune` (criterion, batches, round_to, allocation, ...).
 
     Attributes:
         reports (list[PruneReport]): One report per pruning step done in this process.
     """
 
-    def __init__(self, ratio: float = 0.5, epoch: int = 0, steps: int = 1, **prune_kwargs):
+    def __init__(
+        self, ratio=None, epoch=0, steps=1, every=1, macs=None, first_step=1, distill=0.0, **prune_kwargs
+    ):  # fmt: skip
         """Check the schedule; nothing happens until training starts."""
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio!r}.")
-        if epoch < 0 or steps < 1:
-            raise ValueError(f"epoch must be >= 0 and steps >= 1, got epoch={epoch}, steps={steps}.")
-        self.ratio, self.epoch, self.steps, self.prune_kwargs = ratio, epoch, steps, prune_kwargs
+        ratio = 0.5 if ratio is None and macs is None else ratio
+        check_prune_args(ratio, macs, **{k: v for k, v in prune_kwargs.items() if k in PLUGIN_KEYS})
+        if epoch < 0 or steps < 1 or every < 1:
+            raise ValueError(
+                f"epoch must be >= 0, steps and every >= 1; got epoch={epoch}, steps={steps}, every={every}."
+            )
+        self.target = {"macs": macs} if macs is not None else {"ratio": ratio}
+        self.epoch, self.steps, self.every, self.first_step, self.distill = epoch, steps, every, first_step, distill
+        self.prune_kwargs = prune_kwargs
         self.reports: list[PruneReport] = []
 
+    @property
+    def ratio(self) -> float | None:
+        """The channel ratio reached at the last step (None for a MACs target)."""
+        return self.target.get("ratio")
+
     def step_ratio(self, step: int) -> float:
-        """Fraction of the *current* channels to remove at ``step`` (1-based) so the total after it is ``ratio * step / steps``."""
-        before, after = self.ratio * (step - 1) / self.steps, self.ratio * step / self.steps
-        return 1.0 - (1.0 - after) / (1.0 - before)
+        """Fraction of the *current* channels (or MACs) to remove at ``step`` (1-based)."""
+        ((key, total),) = self.target.items()
+        return step_fraction(total, step, self.steps)
+
+    def step_at(self, epoch: int) -> int | None:
+        """The step (1-based) done at the start of ``epoch``, or None."""
+        k, rest = divmod(epoch - self.epoch, self.every)
+        return k + 1 if rest == 0 and self.first_step - 1 <= k < self.steps else None
 
     def on_pretrain_routine_start(self, trainer) -> None:
-        """Make the trainer keep a pruned model (from a resumed checkpoint) instead of rebuilding it from yaml."""
-        if not isinstance(trainer, NexpTrainer):
+        """Make a stock trainer keep a pruned model (from a resumed checkpoint) and find a teacher in its run folder."""
+        if not isinstance(trainer, KeepPruned):
             trainer.get_model = partial(keep_pruned_get_model, trainer, trainer.get_model)
+            trainer.add_callback("on_train_start", distill.install)
 
     def on_train_epoch_start(self, trainer) -> None:
-        """Prune if this epoch is one of the schedule's."""
-        step = trainer.epoch - self.epoch + 1
-        if not 1 <= step <= self.steps:
+        """Prune if this epoch is one of the schedule's; before the first, keep the model as the teacher."""
+        step = self.step_at(trainer.epoch)
+        if step is None:
             return
         model = unwrap_model(trainer.model)
+        weight = (
+            self.distill
+            if self.distill is not None
+            else float(self.epoch > 0 or str(trainer.args.model).endswith(".pt"))
+        )
+        if weight > 0 and not (trainer.wdir / distill.TEACHER_FILE).exists():
+            distill.save_teacher(model, trainer.wdir, weight)
+            distill.install(trainer)
+        ((key, _),) = self.target.items()
+        kw = {"ratio": None, "macs": None, key: self.step_ratio(step)}
         report = prune(
             model,
-            ratio=self.step_ratio(step),
             source=trainer.train_loader,
             imgsz=trainer.args.imgsz,
             seed=trainer.args.seed,
+            **kw,
             **self.prune_kwargs,
         )
         self.reports.append(report)
@@ -117,6 +159,8 @@ def attach(
     criterion: str = DEFAULT_CRITERION,
     batches: int = 4,
     steps: int = 1,
+    every: int = 1,
+    distill: float | None = None,
     **prune_kwargs,
 ) -> NexpPruneCallback:
     """Register pruning on an Ultralytics ``YOLO`` object; its next ``model.train(...)`` prunes during training.
@@ -127,8 +171,11 @@ def attach(
         epoch (int): Epoch at whose start to prune; 0 prunes at initialisation, before any training.
         criterion (str): Importance criterion (see :func:`yolo_nexp.prune`).
         batches (int): Training-loader batches used to score NEXP.
-        steps (int): Prune gradually over this many epochs, starting at ``epoch``.
-        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments (round_to, alpha, repair, allocation, bn_recal, verbose).
+        steps (int): Prune gradually in this many steps, starting at ``epoch``.
+        every (int): Epochs between two steps.
+        distill (float | None): Distil from the model as it was before pruning with this weight (0: off); by
+            default on when the model was trained (pruning after epoch 0, or a ``.pt``), off for pruning at init.
+        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments (macs, round_to, alpha, repair, allocation, bn_recal, verbose).
 
     Returns:
         (NexpPruneCallback): The registered callback (its ``reports`` fill in as pruning happens).
@@ -138,4 +185,6 @@ def attach(
         >>> yolo_nexp.attach(model, ratio=0.5, epoch=1)
         >>> model.train(data="coco128.yaml", epochs=10)
     """
-    return NexpPruneCallback(ratio, epoch, steps, criterion=criterion, batches=batches, **prune_kwargs).register(model)
+    return NexpPruneCallback(
+        ratio, epoch, steps, every, criterion=criterion, batches=batches, distill=distill, **prune_kwargs
+    ).register(model)

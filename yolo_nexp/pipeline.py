@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,10 +20,10 @@ from .graph import detection_model
 from .heads import check_fits_data, dense_for_data, task_of
 from .loading import load
 from .pruner import prune, prune_kwargs
+from .recovery import check_recovery, curve_line, finetune, first_step, has_labels, recovery_report, schedule
 from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
 from .safety import UnsafeCheckpointError, check_checkpoint
 from .synthetic import make_dataset
-from .trainer import trainer_for
 
 SYNTHETIC_VERSION = 1  # bump when the generator changes, so caches are rebuilt
 
@@ -152,23 +152,6 @@ def _default_name(model: str, plugin: dict) -> str:
     return f"{Path(model).stem}-{plugin['criterion']}{amount}"
 
 
-def _finetune(yolo: YOLO, overrides: dict, save_dir: Path):
-    """Fine-tune with the task's keep-pruned trainer in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
-
-    Before the first epoch ends Ultralytics has written no ``last.pt``; the pruned model stands in for it.
-    """
-    try:
-        return yolo.train(
-            trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
-        )
-    except KeyboardInterrupt:
-        weights = save_dir / "weights"
-        if not (weights / "last.pt").exists():
-            atomic_write(weights / "last.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
-        LOGGER.warning(f"yolo-nexp: interrupted; {weights / 'last.pt'} holds the pruned model.")
-        raise
-
-
 def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     """Run the whole job and return the report written to ``<save_dir>/report.json``.
 
@@ -186,29 +169,31 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     yolo = load_model(model_path, data, trust=plugin["trust"])
     annotations = find_annotations(data, plugin["coco_json"])
     coco = {"data": data, "annotations": annotations} if annotations else None
+    epochs, labels = overrides.get("epochs", 0), has_labels(data)
+    check_recovery(plugin, epochs, labels)
     # Everything is checked: only now is anything written.
     save_dir = run_dir(overrides.pop("project", None), overrides.pop("name", None) or _default_name(model_arg, plugin))
     LOGGER.info(f"yolo-nexp: run folder {save_dir}")
 
     stages = {"dense": _validate(yolo, overrides, save_dir, "dense", coco)}
     source = overrides["data"] if plugin["source"] == "train" else plugin["source"]
+    teacher = copy.deepcopy(detection_model(yolo)) if plugin["distill"] > 0 and epochs > 0 else None
+    kw = first_step(prune_kwargs(plugin), plugin["steps"])
     report = prune(
-        yolo,
-        source=source,
-        imgsz=overrides["imgsz"],
-        batch=overrides["batch"],
-        seed=overrides["seed"],
-        **prune_kwargs(plugin),
+        yolo, source=source, imgsz=overrides["imgsz"], batch=overrides["batch"], seed=overrides["seed"], **kw
     )
     atomic_write(save_dir / "weights" / "pruned.pt", yolo.save)
     stages["pruned"] = _validate(yolo, overrides, save_dir, "pruned", coco)
 
-    t_train = time.perf_counter()
-    if overrides.get("epochs", 0) > 0:
-        metrics = _finetune(yolo, overrides, save_dir)
+    t_train, recovery = time.perf_counter(), None
+    if epochs > 0:
+        gradual = schedule(plugin, epochs) if plugin["steps"] > 1 else None
+        metrics = finetune(yolo, overrides, save_dir, plugin, teacher, labels, gradual)
         stages["finetuned"] = _stage(yolo, overrides, metrics, coco)  # yolo now holds best.pt, validated by the trainer
-        if stages["finetuned"]["params"] != stages["pruned"]["params"]:
+        final = gradual.reports[-1].params_after if gradual and gradual.reports else stages["pruned"]["params"]
+        if stages["finetuned"]["params"] != final:
             raise RuntimeError("fine-tuning changed the architecture: best.pt does not hold the pruned model.")
+        recovery = recovery_report(save_dir, plugin, labels, stages, gradual)
     seconds_train = time.perf_counter() - t_train
 
     result = {
@@ -221,6 +206,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         "macs_reduction": 1 - stages["pruned"]["macs"] / stages["dense"]["macs"],
         "params_reduction": 1 - stages["pruned"]["params"] / stages["dense"]["params"],
         "prune": report.to_dict(),
+        "recovery": recovery,
         "seconds": {
             "scoring": report.seconds_scoring,
             "pruning": report.seconds_pruning,
@@ -236,7 +222,8 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     plot_channels(
         report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}"
     )
-    LOGGER.info(f"\n{stage_table(stages)}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)")
+    curve = f"\n{curve_line(recovery)}" if recovery else ""
+    LOGGER.info(f"\n{stage_table(stages)}{curve}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)")
     return result
 
 

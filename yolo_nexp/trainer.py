@@ -18,6 +18,7 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
 
+from .distill import install
 from .graph import is_pruned
 from .loading import check_resume
 
@@ -53,7 +54,14 @@ class KeepPruned:
     """Mixin for an Ultralytics trainer: fine-tune, and resume, a pruned model without losing its architecture.
 
     Put it first in the bases, before the task's trainer (e.g. ``class T(KeepPruned, SegmentationTrainer)``).
+    When the run folder holds a teacher (``weights/teacher.pt``), training distils from it (see :mod:`.distill`):
+    a first run, ``resume=True`` and DDP workers all find it there.
     """
+
+    def __init__(self, *args, **kwargs):
+        """The task trainer, plus distillation from the run folder's teacher when there is one."""
+        super().__init__(*args, **kwargs)
+        self.add_callback("on_train_start", install)
 
     def check_resume(self, overrides):
         """Refuse an unsafe ``resume`` checkpoint (see :mod:`yolo_nexp.loading`) before Ultralytics unpickles it."""

@@ -1,0 +1,161 @@
+"""Recovery after pruning in the ``yolo-nexp prune`` job: fine-tune (distilling from the dense model unless
+``distill=0``), optionally pruning gradually within the same epoch budget, and the recovery curve.
+
+Gradual pruning (``steps=n``) uses the training callback's schedule (:class:`~yolo_nexp.callback.NexpPruneCallback`):
+the job prunes step 1 before training, and the callback prunes steps 2 to n at the start of every
+``epochs // n``-th epoch, each step removing an equal share of the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from ultralytics import YOLO
+from ultralytics.utils import LOGGER
+
+from .callback import NexpPruneCallback, step_fraction
+from .data import image_files
+from .distill import save_teacher
+from .report import atomic_write
+from .trainer import trainer_for
+
+
+def method_name(distill: float, steps: int, labels: bool) -> str:
+    """How the model recovers, in words, for reports."""
+    how = (
+        "fine-tuning"
+        if distill <= 0
+        else "distillation"
+        if labels
+        else "distillation from the teacher alone (no labels)"
+    )
+    return how + (f", pruned gradually in {steps} steps" if steps > 1 else "")
+
+
+def has_labels(data: dict) -> bool:
+    """Whether any training image of an Ultralytics data dict has a non-empty label file."""
+    for image in image_files(data["train"]):
+        parts = list(image.parts)
+        if "images" in parts:
+            i = len(parts) - 1 - parts[::-1].index("images")
+            label = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+            if label.is_file() and label.stat().st_size > 0:
+                return True
+    return False
+
+
+def check_recovery(plugin: dict, epochs: int, labels: bool) -> None:
+    """Refuse, before anything is written, a recovery that cannot work.
+
+    Raises:
+        ValueError: For bad ``distill``/``steps`` values, or fine-tuning on data without labels and without a teacher.
+    """
+    distill, steps = plugin["distill"], plugin["steps"]
+    if not (isinstance(distill, (int, float)) and not isinstance(distill, bool) and distill >= 0):
+        raise ValueError(f"distill must be a number >= 0 (0 turns distillation off); got {distill!r}.")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ValueError(f"steps must be a whole number >= 1; got {steps!r}.")
+    if steps > 1 and steps > epochs:
+        raise ValueError(f"steps={steps} needs at least as many epochs of recovery (epochs={epochs}).")
+    if epochs > 0 and not labels and distill <= 0:
+        raise ValueError("data: the train split has no labels; recover from the dense model alone with distill > 0.")
+
+
+def first_step(kwargs: dict, steps: int) -> dict:
+    """:func:`yolo_nexp.prune` arguments for the job's own (first) step of a gradual schedule."""
+    if steps <= 1:
+        return kwargs
+    key = "macs" if kwargs.get("macs") is not None else "ratio"
+    return {**kwargs, key: step_fraction(0.5 if kwargs.get(key) is None else kwargs[key], 1, steps)}
+
+
+def recovery_report(save_dir: Path, plugin: dict, labels: bool, stages: dict, gradual=None) -> dict:
+    """What recovered the model and how (per epoch), for report.json; also draws ``recovery.png``."""
+    curve = recovery_curve(save_dir)
+    method = method_name(plugin["distill"], plugin["steps"], labels)
+    steps = [r.to_dict() for r in gradual.reports] if gradual else []
+    if curve:
+        title = f"recovery: {method}"
+        plot_recovery(curve, stages["dense"]["map"], stages["pruned"]["map"], save_dir / "recovery.png", title)
+    return {"method": method, "distill": plugin["distill"], "labels": labels, "curve": curve, "later_steps": steps}
+
+
+def curve_line(recovery: dict) -> str:
+    """One line of the printed summary: mAP50-95 per epoch of recovery."""
+    points = ", ".join(f"{c['epoch']}: {c['map']:.4f}" for c in recovery["curve"]) or "not validated per epoch"
+    return f"recovery ({recovery['method']}), mAP50-95 per epoch: {points}"
+
+
+def every(epochs: int, steps: int) -> int:
+    """Epochs between two gradual pruning steps, so that all ``steps`` fall within ``epochs``."""
+    return max(1, epochs // steps)
+
+
+def schedule(plugin: dict, epochs: int) -> NexpPruneCallback:
+    """The gradual-pruning schedule of the job (step 1 is pruned by the job itself, before training)."""
+    target = {"macs": plugin["macs"]} if plugin["macs"] is not None else {"ratio": plugin["ratio"]}
+    return NexpPruneCallback(**target, steps=plugin["steps"], every=every(epochs, plugin["steps"]), first_step=2)
+
+
+def finetune(
+    yolo: YOLO, overrides: dict, save_dir: Path, plugin: dict, teacher=None, labels: bool = True, gradual=None
+):
+    """Fine-tune with the task's keep-pruned trainer in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
+
+    Args:
+        yolo (YOLO): The pruned model.
+        overrides (dict): Ultralytics training arguments.
+        save_dir (Path): The run folder.
+        plugin (dict): The plugin's arguments (``distill``).
+        teacher (nn.Module | None): The dense model; with ``distill > 0`` it is written to the run folder first.
+        labels (bool): Whether the data has labels (without, the model recovers from the teacher alone).
+        gradual (NexpPruneCallback | None): Further pruning steps during training.
+    """
+    weights = save_dir / "weights"
+    if plugin["distill"] > 0 and teacher is not None:
+        save_teacher(teacher, weights, plugin["distill"], labels=labels)
+    if gradual is not None:
+        gradual.register(yolo)
+    try:
+        return yolo.train(
+            trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
+        )
+    except KeyboardInterrupt:
+        if not (weights / "last.pt").exists():
+            atomic_write(weights / "last.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
+        LOGGER.warning(f"yolo-nexp: interrupted; {weights / 'last.pt'} holds the pruned model.")
+        raise
+
+
+def recovery_curve(save_dir: Path) -> list[dict]:
+    """Per epoch: mAP50 and mAP50-95 (boxes) from Ultralytics' ``results.csv`` in the run folder."""
+    path = save_dir / "results.csv"
+    if not path.is_file():
+        return []
+    rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(path.open())]
+    return [
+        {"epoch": int(float(r["epoch"])), "map50": float(r["metrics/mAP50(B)"]), "map": float(r["metrics/mAP50-95(B)"])}
+        for r in rows
+        if r.get("metrics/mAP50-95(B)") not in (None, "")
+    ]
+
+
+def plot_recovery(curve: list[dict], dense: float, pruned: float, path: Path, title: str) -> Path:
+    """mAP50-95 per epoch of recovery against the dense and the just-pruned model, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+    ax.plot([0] + [c["epoch"] for c in curve], [pruned] + [c["map"] for c in curve], marker=".", label="pruned model")
+    ax.axhline(dense, color="#888888", linestyle="--", label="dense model")
+    ax.set_xlabel("epoch of recovery")
+    ax.set_ylabel("mAP50-95")
+    ax.set_title(title)
+    ax.legend()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
