@@ -188,7 +188,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     t_train, recovery = time.perf_counter(), None
     if epochs > 0:
         gradual = schedule(plugin, epochs) if plugin["steps"] > 1 else None
-        metrics = finetune(yolo, overrides, save_dir, plugin, teacher, labels, gradual)
+        metrics = finetune(yolo, overrides, save_dir, plugin, data, teacher, labels, gradual)
         stages["finetuned"] = _stage(yolo, overrides, metrics, coco)  # yolo now holds best.pt, validated by the trainer
         final = gradual.reports[-1].params_after if gradual and gradual.reports else stages["pruned"]["params"]
         if stages["finetuned"]["params"] != final:

@@ -12,6 +12,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import yaml
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 
@@ -88,6 +89,26 @@ def curve_line(recovery: dict) -> str:
     return f"recovery ({recovery['method']}), mAP50-95 per epoch: {points}"
 
 
+def unlabelled_train_split(data: dict, save_dir: Path) -> str:
+    """A data yaml in the run folder whose train split links the data's images beside empty label files.
+
+    Ultralytics refuses to train on a split with no label files at all; empty ones (background images) it
+    accepts, and with ``labels=False`` the task loss is not used anyway. The user's files are not touched.
+    """
+    root = save_dir / "unlabelled"
+    for i, image in enumerate(image_files(data["train"])):
+        link = root / "images" / "train" / f"{i:06d}{image.suffix}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(image).resolve())
+        label = root / "labels" / "train" / f"{i:06d}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.touch()
+    spec = {"path": str(root), "train": "images/train", "val": str(data["val"]), "names": data["names"]}
+    spec.update({k: data[k] for k in ("kpt_shape", "flip_idx") if k in data})
+    (root / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(root / "data.yaml")
+
+
 def every(epochs: int, steps: int) -> int:
     """Epochs between two gradual pruning steps, so that all ``steps`` fall within ``epochs``."""
     return max(1, epochs // steps)
@@ -100,7 +121,7 @@ def schedule(plugin: dict, epochs: int) -> NexpPruneCallback:
 
 
 def finetune(
-    yolo: YOLO, overrides: dict, save_dir: Path, plugin: dict, teacher=None, labels: bool = True, gradual=None
+    yolo: YOLO, overrides: dict, save_dir: Path, plugin: dict, data: dict, teacher=None, labels=True, gradual=None
 ):
     """Fine-tune with the task's keep-pruned trainer in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
 
@@ -109,6 +130,7 @@ def finetune(
         overrides (dict): Ultralytics training arguments.
         save_dir (Path): The run folder.
         plugin (dict): The plugin's arguments (``distill``).
+        data (dict): The checked data yaml's contents.
         teacher (nn.Module | None): The dense model; with ``distill > 0`` it is written to the run folder first.
         labels (bool): Whether the data has labels (without, the model recovers from the teacher alone).
         gradual (NexpPruneCallback | None): Further pruning steps during training.
@@ -116,6 +138,8 @@ def finetune(
     weights = save_dir / "weights"
     if plugin["distill"] > 0 and teacher is not None:
         save_teacher(teacher, weights, plugin["distill"], labels=labels)
+    if not labels:
+        overrides = {**overrides, "data": unlabelled_train_split(data, save_dir)}
     if gradual is not None:
         gradual.register(yolo)
     try:
