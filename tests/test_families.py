@@ -25,17 +25,16 @@ from yolo_nexp.report import macs_and_params
 
 from .conftest import IMGSZ
 
-FAMILIES = [
-    "yolov8n-p6.yaml",
-    "yolov8n-ghost.yaml",
-    "yolov8n-seg.yaml",
-    "yolov8n-pose.yaml",
-    "yolov8n-obb.yaml",
-    "yolo11n.yaml",
-    "yolo11n-seg.yaml",
-    "yolo11n-pose.yaml",
-    "yolo11n-obb.yaml",
+FAMILIES = [f"yolov8n-{v}.yaml" for v in ("p6", "ghost", "seg", "pose", "obb")] + [
+    f"yolo11n{v}.yaml" for v in ("", "-seg", "-pose", "-obb")
 ]
+OTHER_CRITERIA = {  # every block family and head meets a magnitude, a data-driven and the random criterion
+    "yolov8n-p6.yaml": ("tp", "random"),
+    "yolov8n-ghost.yaml": ("l1", "nexp_use", "random"),
+    "yolo11n-seg.yaml": ("tp", "nexp_use"),
+    "yolo11n-obb.yaml": ("l1",),
+    "yolo11n-pose.yaml": ("random",),
+}
 EXACT = dict(ratio=0.25, round_to=1, imgsz=IMGSZ, batches=1, batch=2, allocation="uniform", verbose=False)
 
 
@@ -87,45 +86,43 @@ def _moved(after, before) -> float:
     return max((a - b).abs().max().item() for a, b in zip(after, before))
 
 
+def _cut(cfg: str, constant: bool, criterion: str, repair: str):
+    """A quarter of every layer's channels zero (or constant), then a quarter of each group removed: (report, before,
+    after outputs). With ``bn`` exactly the chosen channels go; with ``random`` live ones do."""
+    model = informative(YOLO(cfg))
+    if constant:
+        _replicate_padding(model.model)
+    _every_fourth_channel(model.model, constant=constant)
+    before = _outputs(model.model, _input())
+    report = yolo_nexp.prune(model, criterion=criterion, repair=repair, **EXACT)
+    return report, before, _outputs(model.model, _input())
+
+
 @pytest.mark.parametrize("cfg", FAMILIES)
 def test_removing_silent_channels_keeps_every_output(cfg):
-    model = informative(YOLO(cfg))
-    _every_fourth_channel(model.model, constant=False)
-    before = _outputs(model.model, _input())
-    report = yolo_nexp.prune(model, criterion="bn", repair="none", **EXACT)
+    report, before, after = _cut(cfg, constant=False, criterion="bn", repair="none")
     assert report.macs_reduction > 0.3  # a quarter of the channels of (almost) every layer went
-    _assert_outputs_close(_outputs(model.model, _input()), before)
+    _assert_outputs_close(after, before)
 
 
 @pytest.mark.parametrize("cfg", ["yolov8n-ghost.yaml", "yolo11n-seg.yaml"])
 def test_silent_channel_check_can_fail(cfg):
     """The same cut of live channels moves the output: the check above has teeth."""
-    model = informative(YOLO(cfg))
-    _every_fourth_channel(model.model, constant=False)
-    before = _outputs(model.model, _input())
-    yolo_nexp.prune(model, criterion="random", repair="none", **EXACT)
-    assert _moved(_outputs(model.model, _input()), before) > 1e-2
+    _, before, after = _cut(cfg, constant=False, criterion="random", repair="none")
+    assert _moved(after, before) > 1e-2
 
 
 @pytest.mark.parametrize("cfg", FAMILIES)
 def test_constant_channels_go_with_the_repair(cfg):
-    model = informative(YOLO(cfg))
-    _replicate_padding(model.model)
-    _every_fourth_channel(model.model, constant=True)
-    before = _outputs(model.model, _input())
-    report = yolo_nexp.prune(model, criterion="bn", repair="mean", **EXACT)
+    report, before, after = _cut(cfg, constant=True, criterion="bn", repair="mean")
     assert report.macs_reduction > 0.3
-    _assert_outputs_close(_outputs(model.model, _input()), before)
+    _assert_outputs_close(after, before)
 
 
 @pytest.mark.parametrize("cfg", ["yolov8n-ghost.yaml", "yolo11n-pose.yaml"])
 def test_constant_channels_without_repair_move_the_output(cfg):
-    model = informative(YOLO(cfg))
-    _replicate_padding(model.model)
-    _every_fourth_channel(model.model, constant=True)
-    before = _outputs(model.model, _input())
-    yolo_nexp.prune(model, criterion="bn", repair="none", **EXACT)
-    assert _moved(_outputs(model.model, _input()), before) > 0.05
+    _, before, after = _cut(cfg, constant=True, criterion="bn", repair="none")
+    assert _moved(after, before) > 0.05
 
 
 def _check_pruned_structure(det, dense_shapes: dict) -> None:
@@ -166,20 +163,7 @@ def test_nexp_on_noise_prunes_every_family(cfg, nexp_pruned):
     _check_pruned_structure(model.model, nexp_pruned[cfg]["dense"])
 
 
-@pytest.mark.parametrize(
-    "cfg,criterion",
-    [
-        ("yolov8n-p6.yaml", "tp"),
-        ("yolov8n-p6.yaml", "random"),
-        ("yolov8n-ghost.yaml", "l1"),
-        ("yolov8n-ghost.yaml", "nexp_use"),
-        ("yolov8n-ghost.yaml", "random"),
-        ("yolo11n-seg.yaml", "tp"),
-        ("yolo11n-seg.yaml", "nexp_use"),
-        ("yolo11n-obb.yaml", "l1"),
-        ("yolo11n-pose.yaml", "random"),
-    ],
-)
+@pytest.mark.parametrize("cfg,criterion", [(cfg, c) for cfg, criteria in OTHER_CRITERIA.items() for c in criteria])
 def test_other_criteria_prune_every_block_family(cfg, criterion):
     model = YOLO(cfg)
     dense = {s: [o.shape for o in _outputs(model.model, torch.rand(1, 3, s, s))] for s in (64,)}
