@@ -115,7 +115,10 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             for a in ("uniform", "global", "sensitivity")
         ],
         "bn_recal": [
-            (f"{c} / bn_recal {b}", {"criterion": c, "repair": "mean", "allocation": "sensitivity", **({"bn_recal": True} if b else {})})
+            (
+                f"{c} / bn_recal {b}",
+                {"criterion": c, "repair": "mean", "allocation": "sensitivity", **({"bn_recal": True} if b else {})},
+            )
             for c in (DEFAULT_CRITERION, other)
             for b in (False, True)
         ],

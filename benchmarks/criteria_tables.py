@@ -67,7 +67,9 @@ def goal_lines(rows: list, reference: str, dense: float, recover) -> list[str]:
     for cut, goal in GOALS.items():
         if cut in ref:
             kept = statistics.mean(r["pruned"] for r in ref[cut]) / max(dense, 1e-9)
-            lines.append(f"- one-shot at -{cut:.0%} MACs: keeps {kept:.0%} (goal {goal:.0%}): {'met' if kept >= goal else 'missed'}")
+            lines.append(
+                f"- one-shot at -{cut:.0%} MACs: keeps {kept:.0%} (goal {goal:.0%}): {'met' if kept >= goal else 'missed'}"
+            )
     beaten = []
     for label, cells in rows:
         for cut, kind in _columns(cells, recover):
@@ -89,7 +91,10 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
     out = ["# Criteria, repair and allocation on a trained model: share of dense mAP50-95 kept", ""]
     out += [f"Command: `{command}`", "", intro, ""]
     if quick:
-        out += ["`--quick` is a smoke run on a baseline trained too briefly to detect: it only shows every step runs.", ""]
+        out += [
+            "`--quick` is a smoke run on a baseline trained too briefly to detect: it only shows every step runs.",
+            "",
+        ]
     out += ["## Criteria, with and without the mean repair (sensitivity allocation)", "", *table(crit, dense, recover)]
     out += ["", *margins(crit, reference, dense, recover), "", "Goals of the issue, for the default:", ""]
     out += [*goal_lines(crit, reference, dense, recover), ""]

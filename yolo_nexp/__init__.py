@@ -2,11 +2,21 @@
 
 __version__ = "0.1.0"
 
+from .calibration import score
 from .callback import NexpPruneCallback, attach
 from .loading import load
-from .nexp import score
 from .pruner import prune
 from .report import PruneReport
-from .trainer import NexpTrainer
+from .trainer import NexpTrainer, trainer_for
 
-__all__ = ["__version__", "NexpPruneCallback", "NexpTrainer", "PruneReport", "attach", "load", "prune", "score"]
+__all__ = [
+    "__version__",
+    "NexpPruneCallback",
+    "NexpTrainer",
+    "PruneReport",
+    "attach",
+    "load",
+    "prune",
+    "score",
+    "trainer_for",
+]

@@ -21,7 +21,7 @@ from torch import nn
 from ultralytics.utils import LOGGER, TQDM
 
 from .data import calibration_batches
-from .graph import conv_blocks
+from .graph import conv_blocks, detection_model
 from .nexp import FiringCounter
 
 
@@ -156,3 +156,31 @@ def calibrate(
     if verbose:
         LOGGER.info(f"yolo-nexp: calibrated on {calib.n_images} images")
     return calib
+
+
+def score(
+    model,
+    source="noise",
+    batches: int = 4,
+    imgsz: int = 640,
+    batch: int = 8,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Score every prunable conv block's output channels by NEXP (the binary score of DESIGN.md section 1).
+
+    Args:
+        model (ultralytics.YOLO | nn.Module): The model; a ``YOLO`` object is unwrapped to its detection model.
+        source (str | Path | Iterable): ``"noise"``, a folder of images, an Ultralytics data yaml (its train split),
+            or an iterable of image batches (tensors in [0, 1] or Ultralytics batch dicts with ``"img"``).
+        batches (int): Number of calibration batches.
+        imgsz (int): Square input size of the calibration images.
+        batch (int): Images per calibration batch (ignored for iterables, which bring their own).
+        seed (int): Seed for noise and for the choice of images.
+        verbose (bool): Show a progress bar.
+
+    Returns:
+        (dict[str, torch.Tensor]): ``{module_name: tensor[C]}`` for every ``Conv`` block, float32 on the CPU.
+    """
+    calib = calibrate(detection_model(model), source, batches, imgsz, batch, seed, firing=True, verbose=verbose)
+    return {name: counter.score() for name, counter in calib.firing.items()}

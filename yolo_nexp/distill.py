@@ -34,8 +34,18 @@ TEACHER_FILE = "teacher.pt"
 
 
 def save_teacher(model: nn.Module, weights_dir: Path, weight: float, labels: bool = True) -> Path:
-    """Write the teacher (a copy of ``model``, half precision as Ultralytics saves) to ``weights_dir``."""
-    teacher = copy.deepcopy(unwrap_model(model)).half().eval()
+    """Write the teacher (a copy of ``model``, half precision as Ultralytics saves) to ``weights_dir``.
+
+    A model that has trained carries its loss object (``criterion``); it stays out of the copy, so the file
+    holds only what a stock checkpoint holds (and loads through the safe loader).
+    """
+    model = unwrap_model(model)
+    criterion = model.__dict__.pop("criterion", None)
+    try:
+        teacher = copy.deepcopy(model).half().eval()
+    finally:
+        if criterion is not None:
+            model.criterion = criterion
     for p in teacher.parameters():
         p.requires_grad_(False)
     ckpt = {"model": teacher, "distill": float(weight), "labels": bool(labels)}

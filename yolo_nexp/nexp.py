@@ -14,14 +14,10 @@ with N and batches can be streamed.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
-from ultralytics.utils import LOGGER, TQDM
-
-from .data import calibration_batches
-from .graph import conv_blocks, detection_model
 
 
 def nexp_from_counts(counts: torch.Tensor, n: int) -> torch.Tensor:
@@ -124,45 +120,3 @@ def recording(blocks: dict[str, nn.Module]) -> Iterator[dict[str, FiringCounter]
     finally:
         for h in handles:
             h.remove()
-
-
-def score(
-    model,
-    source="noise",
-    batches: int = 4,
-    imgsz: int = 640,
-    batch: int = 8,
-    seed: int = 0,
-    verbose: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Score every prunable conv block's output channels by NEXP.
-
-    Args:
-        model (ultralytics.YOLO | nn.Module): The model; a ``YOLO`` object is unwrapped to its ``DetectionModel``.
-        source (str | Path | Iterable): ``"noise"``, a folder of images, an Ultralytics data yaml (its train split),
-            or an iterable of image batches (tensors in [0, 1] or Ultralytics batch dicts with ``"img"``).
-        batches (int): Number of calibration batches.
-        imgsz (int): Square input size of the calibration images.
-        batch (int): Images per calibration batch (ignored for iterables, which bring their own).
-        seed (int): Seed for noise and for the choice of images.
-        verbose (bool): Show a progress bar.
-
-    Returns:
-        (dict[str, torch.Tensor]): ``{module_name: tensor[C]}`` for every ``Conv`` block, float32 on the CPU.
-    """
-    model = detection_model(model)
-    param = next(model.parameters())
-    was_training = model.training
-    blocks = conv_blocks(model)
-    model.eval()
-    try:
-        with recording(blocks) as counters, torch.inference_mode():
-            stream: Iterable = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
-            for images in TQDM(stream, total=batches, desc="NEXP scoring", disable=not verbose):
-                model(images.to(param.device, param.dtype))
-        scores = {name: c.score() for name, c in counters.items()}
-    finally:
-        model.train(was_training)
-    if verbose:
-        LOGGER.info(f"NEXP: scored {len(scores)} conv blocks on {next(iter(counters.values())).n} images")
-    return scores
