@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 from ultralytics import YOLO
 
 from yolo_nexp.synthetic import make_dataset
@@ -56,3 +58,29 @@ def task_data(tmp_path_factory):
         return made[task]
 
     return make
+
+
+def every_fourth_channel(det, constant: bool, seed: int = 0) -> None:
+    """Channels 1, 5, 9, ... of every prunable Conv block output exactly zero, or a random non-zero constant.
+
+    BN scale 0 and shift 0 (SiLU(0) = 0) or 0.5-1.5: removing the zero ones must change nothing, removing the
+    constant ones must change nothing once their means are folded into the consumers (the repair).
+    """
+    from yolo_nexp.graph import conv_blocks, never_pruned
+
+    gen = torch.Generator().manual_seed(seed)
+    fixed = {id(m) for m in never_pruned(det)}
+    with torch.no_grad():
+        for block in conv_blocks(det).values():
+            if id(block.conv) not in fixed:
+                chosen = torch.arange(block.conv.out_channels) % 4 == 1
+                block.bn.weight[chosen] = 0.0
+                block.bn.bias[chosen] = 0.5 + torch.rand(int(chosen.sum()), generator=gen) if constant else 0.0
+
+
+def replicate_padding(det) -> None:
+    """Pad by repeating the border: a constant channel then reaches every position alike, borders included, so
+    folding its mean is exact and any difference in the output is a repair error, not a border effect."""
+    for m in det.modules():
+        if isinstance(m, nn.Conv2d) and max(m.padding) > 0:
+            m.padding_mode = "replicate"

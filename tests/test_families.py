@@ -13,17 +13,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from ultralytics import YOLO
 from ultralytics.nn.modules import C2, C2PSA, C3Ghost, C3k2
 from ultralytics.nn.modules.block import Attention
 
 import yolo_nexp
 from benchmarks.common import informative
-from yolo_nexp.graph import HalvesSplit, conv_blocks, never_pruned
+from yolo_nexp.graph import HalvesSplit
 from yolo_nexp.report import macs_and_params
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, every_fourth_channel, replicate_padding
 
 FAMILIES = [f"yolov8n-{v}.yaml" for v in ("p6", "ghost", "seg", "pose", "obb")] + [
     f"yolo11n{v}.yaml" for v in ("", "-seg", "-pose", "-obb")
@@ -57,25 +56,6 @@ def _input(seed: int = 0) -> torch.Tensor:
     return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))  # 64: P6's stride
 
 
-def _every_fourth_channel(det, constant: bool, seed: int = 0) -> None:
-    """Channels 1, 5, 9, ... of every prunable Conv block output zero, or a random non-zero constant (BN scale 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    fixed = {id(m) for m in never_pruned(det)}
-    with torch.no_grad():
-        for block in conv_blocks(det).values():
-            if id(block.conv) not in fixed:
-                chosen = torch.arange(block.conv.out_channels) % 4 == 1
-                block.bn.weight[chosen] = 0.0
-                block.bn.bias[chosen] = 0.5 + torch.rand(int(chosen.sum()), generator=gen) if constant else 0.0
-
-
-def _replicate_padding(det) -> None:
-    """A constant channel then reaches every position alike, borders included: folding its mean is exact."""
-    for m in det.modules():
-        if isinstance(m, nn.Conv2d) and max(m.padding) > 0:
-            m.padding_mode = "replicate"
-
-
 def _assert_outputs_close(after, before) -> None:
     assert [a.shape for a in after] == [b.shape for b in before]
     for a, b in zip(after, before):
@@ -91,8 +71,8 @@ def _cut(cfg: str, constant: bool, criterion: str, repair: str):
     after outputs). With ``bn`` exactly the chosen channels go; with ``random`` live ones do."""
     model = informative(YOLO(cfg))
     if constant:
-        _replicate_padding(model.model)
-    _every_fourth_channel(model.model, constant=constant)
+        replicate_padding(model.model)
+    every_fourth_channel(model.model, constant=constant)
     before = _outputs(model.model, _input())
     report = yolo_nexp.prune(model, criterion=criterion, repair=repair, **EXACT)
     return report, before, _outputs(model.model, _input())

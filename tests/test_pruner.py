@@ -8,10 +8,10 @@ from ultralytics.nn.modules import C2f
 import yolo_nexp
 from benchmarks.common import informative
 from yolo_nexp.criteria import CRITERIA
-from yolo_nexp.graph import C2fSplit, conv_blocks, never_pruned
+from yolo_nexp.graph import C2fSplit
 from yolo_nexp.report import macs_and_params
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, every_fourth_channel
 
 
 def _outputs(det, x):
@@ -60,16 +60,6 @@ def test_pruned_model_is_smaller_and_forwards(scale, ratio, criterion):
             torch.testing.assert_close(p, dfl[name])
 
 
-def _silence_every_fourth_channel(det) -> None:
-    """Make output channels 1, 5, 9, ... of every prunable Conv block exactly zero (BN scale 0, SiLU(-1e4) = -0.0)."""
-    fixed = {id(m) for m in never_pruned(det)}
-    with torch.no_grad():
-        for block in conv_blocks(det).values():
-            if id(block.conv) not in fixed:
-                silent = torch.arange(block.conv.out_channels) % 4 == 1
-                block.bn.weight[silent], block.bn.bias[silent] = 0.0, -1e4
-
-
 @pytest.mark.parametrize("scale", ["n", "s"])
 @pytest.mark.parametrize("global_pruning", [False, True])
 def test_removing_silent_channels_keeps_outputs(scale, global_pruning):
@@ -81,7 +71,7 @@ def test_removing_silent_channels_keeps_outputs(scale, global_pruning):
     """
     model = informative(YOLO(f"yolov8{scale}.yaml"))
     det = model.model
-    _silence_every_fourth_channel(det)
+    every_fourth_channel(det, constant=False)
     x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     before = _outputs(det, x)
     kw = dict(ratio=0.25, round_to=1, imgsz=IMGSZ, global_pruning=global_pruning, verbose=False)
@@ -90,7 +80,7 @@ def test_removing_silent_channels_keeps_outputs(scale, global_pruning):
     torch.testing.assert_close(_outputs(det, x), before, rtol=1e-4, atol=1e-3)
 
     wrong = informative(YOLO(f"yolov8{scale}.yaml"))  # the same cut, but of live channels: the output moves
-    _silence_every_fourth_channel(wrong.model)
+    every_fourth_channel(wrong.model, constant=False)
     yolo_nexp.prune(wrong, criterion="random", **kw)
     assert (_outputs(wrong.model, x) - before).abs().max() > 1e-2
 
