@@ -27,7 +27,13 @@ from yolo_nexp.report import macs_and_params  # noqa: E402
 
 def run(name: str, data: str, args, project: Path, epoch: int | None) -> str:
     model = YOLO("yolov8n.yaml")
-    cb = yolo_nexp.attach(model, ratio=args.ratio, epoch=epoch, batches=4, verbose=False) if epoch is not None else None
+    cb = (
+        yolo_nexp.attach(
+            model, ratio=args.ratio, epoch=epoch, batches=4, criterion="nexp", allocation="uniform", verbose=False
+        )
+        if epoch is not None
+        else None
+    )
     t = time.perf_counter()
     metrics = model.train(
         data=data,

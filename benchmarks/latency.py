@@ -90,7 +90,15 @@ def main():
             model = YOLO(f"yolov8{scale}.yaml")
             if ratio:
                 yolo_nexp.prune(
-                    model, ratio=ratio, round_to=round_to, imgsz=args.imgsz, batches=2, batch=4, verbose=False
+                    model,
+                    ratio=ratio,
+                    round_to=round_to,
+                    imgsz=args.imgsz,
+                    batches=2,
+                    batch=4,
+                    verbose=False,
+                    criterion="nexp",
+                    allocation="uniform",  # what latency.md measured: every layer loses `ratio`
                 )
             informative(model)  # input-dependent scores, so the detection parity check means something
             macs, params = macs_and_params(model.model, args.imgsz)

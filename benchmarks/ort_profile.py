@@ -68,7 +68,15 @@ def main():
         model = YOLO(f"yolov8{args.scale}.yaml")
         if ratio:
             yolo_nexp.prune(
-                model, ratio=ratio, round_to=args.round_to, imgsz=args.imgsz, batches=1, batch=2, verbose=False
+                model,
+                ratio=ratio,
+                round_to=args.round_to,
+                imgsz=args.imgsz,
+                batches=1,
+                batch=2,
+                verbose=False,
+                criterion="nexp",
+                allocation="uniform",  # what the profiles measured: every layer loses `ratio`
             )
         macs, _ = macs_and_params(model.model, args.imgsz)
         pt = tmp / f"{label}.pt"
