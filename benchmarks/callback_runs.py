@@ -29,7 +29,14 @@ def run(name: str, data: str, args, project: Path, epoch: int | None) -> str:
     model = YOLO("yolov8n.yaml")
     cb = (
         yolo_nexp.attach(
-            model, ratio=args.ratio, epoch=epoch, batches=4, criterion="nexp", allocation="uniform", verbose=False
+            model,
+            ratio=args.ratio,
+            epoch=epoch,
+            batches=4,
+            criterion="nexp",
+            allocation="uniform",
+            distill=0,
+            verbose=False,
         )
         if epoch is not None
         else None
