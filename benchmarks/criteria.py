@@ -109,6 +109,11 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             for c in CRITERIA
             for r in ("mean", "none")
         ],
+        "uniform": [
+            (f"{c} / repair {r}", {"criterion": c, "repair": r, "allocation": "uniform"})
+            for c in CRITERIA
+            for r in ("mean", "none")
+        ],
         "allocation": [
             (f"{c} / {a}", {"criterion": c, "repair": "mean", "allocation": a})
             for c in (DEFAULT_CRITERION, other)
