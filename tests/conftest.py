@@ -40,6 +40,15 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture
+def pruned_pt(tmp_path, tiny_data):
+    """A pruned checkpoint written by ``yolo-nexp prune`` (no fine-tuning)."""
+    from yolo_nexp.cli import entrypoint
+
+    assert entrypoint(["prune", f"data={tiny_data}", f"project={tmp_path}", "name=p", *TINY_PRUNE, "epochs=0"]) == 0
+    return tmp_path / "p" / "weights" / "pruned.pt"
+
+
+@pytest.fixture
 def yolov8n():
     """A fresh randomly initialised yolov8n (80 classes)."""
     return YOLO("yolov8n.yaml")
