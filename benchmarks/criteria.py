@@ -135,6 +135,7 @@ def main():
     ap.add_argument("--model", default="yolov8n", help="the baseline's scale (yolov8n, yolov8s, ...)")
     ap.add_argument("--quick", action="store_true", help="tiny data and one seed: a smoke run of minutes")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tables", nargs="+", default=list(settings()), help="which tables to run (default: all)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     base = Baseline(model=args.model, epochs=cfg["epochs"], n_train=cfg["n_train"], n_val=cfg["n_val"])
@@ -146,6 +147,8 @@ def main():
     tables = {}
     try:
         for name, rows in settings().items():
+            if name not in args.tables:
+                continue
             recover = cfg["recover"] if name == "criteria" else None
             tables[name] = [(label, bench.cells(setting, recover)) for label, setting in rows]
     finally:

@@ -98,10 +98,12 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
     out += ["## Criteria, with and without the mean repair (sensitivity allocation)", "", *table(crit, dense, recover)]
     out += ["", *margins(crit, reference, dense, recover), "", "Goals of the issue, for the default:", ""]
     out += [*goal_lines(crit, reference, dense, recover), ""]
-    uniform = tables["uniform"]
-    out += ["## Criteria under uniform allocation, one-shot", ""]
-    out += ["Every group loses the same share of its channels, so the criterion alone decides which go.", ""]
-    out += [*table(uniform, dense), "", *margins(uniform, uniform[0][0], dense), ""]
+    if "uniform" in tables:
+        uniform = tables["uniform"]
+        out += ["## Criteria under uniform allocation, one-shot", ""]
+        out += ["Every group loses the same share of its channels, so the criterion alone decides which go.", ""]
+        out += [*table(uniform, dense), "", *margins(uniform, uniform[0][0], dense), ""]
     for name, title in (("allocation", "Allocation (mean repair)"), ("bn_recal", "BatchNorm re-estimation")):
-        out += [f"## {title}, one-shot", "", *table(tables[name], dense), ""]
+        if name in tables:
+            out += [f"## {title}, one-shot", "", *table(tables[name], dense), ""]
     return "\n".join(out)
