@@ -18,10 +18,10 @@ from .export import ParityError
 from .pruner import check_prune_args, prune_kwargs
 
 MODES = ("prune", "export")
-USAGE = """yolo-nexp: prune Ultralytics YOLOv8 detectors by Neural Expressiveness (NEXP).
+USAGE = """yolo-nexp: prune Ultralytics YOLOv8 and YOLO11 models (detect, segment, pose, obb) by Neural Expressiveness (NEXP).
 
 Usage:
-    yolo-nexp prune [key=value ...]     score, prune, validate, fine-tune and report
+    yolo-nexp prune [key=value ...]     calibrate, prune, validate, recover and report
     yolo-nexp export model=pruned.pt [format=onnx imgsz=640 ...]
                                         Ultralytics' export, then an ONNX-vs-PyTorch parity check
     yolo-nexp help                      this text
