@@ -10,11 +10,14 @@ criterion at 46%, distillation from the teacher alone on the training images wit
 Usage:
     python benchmarks/recovery.py --out benchmarks/results/recovery.md
     python benchmarks/recovery.py --quick --out /tmp/recovery-quick.md      # smoke run, minutes
+    python benchmarks/recovery.py --model yolov8s --criteria nexp_use --seeds 0 \
+        --out benchmarks/results/recovery-yolov8s.md                          # the second scale, a subset
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -177,8 +180,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny baseline, one cut and seed: a smoke run")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--model", default=None, help="the baseline's scale (default yolov8n)")
+    ap.add_argument("--criteria", nargs="+", default=None, help=f"criteria to run (default {FULL['criteria']})")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1)")
     args = ap.parse_args()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.model:
+        cfg["base"] = dataclasses.replace(cfg["base"], model=args.model)
+    cfg["criteria"] = tuple(args.criteria or cfg["criteria"])
+    cfg["seeds"] = tuple(args.seeds if args.seeds is not None else cfg["seeds"])
     base = cfg["base"]
     epochs = max(2, base.epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
     results = collect(cfg, args.out.with_suffix(".json") if args.out else None)
