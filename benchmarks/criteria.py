@@ -13,7 +13,7 @@ the same arguments skips what is there, so an interrupted benchmark resumes wher
 
 Usage:
     python benchmarks/criteria.py --out benchmarks/results/criteria.md
-    python benchmarks/criteria.py --model yolov8s --out benchmarks/results/criteria-yolov8s.md
+    python benchmarks/criteria.py --model yolov8s --tables criteria --out benchmarks/results/criteria-yolov8s.md
     python benchmarks/criteria.py --quick --out /tmp/criteria-quick.md     # smoke run, minutes
 """
 
@@ -136,6 +136,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny data and one seed: a smoke run of minutes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", nargs="+", default=list(settings()), help="which tables to run (default: all)")
+    ap.add_argument("--repair", nargs="+", default=["mean", "none"], help="which repair rows to run (default: both)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     base = Baseline(model=args.model, epochs=cfg["epochs"], n_train=cfg["n_train"], n_val=cfg["n_val"])
@@ -150,6 +151,7 @@ def main():
             if name not in args.tables:
                 continue
             recover = cfg["recover"] if name == "criteria" else None
+            rows = [(label, setting) for label, setting in rows if setting["repair"] in args.repair]
             tables[name] = [(label, bench.cells(setting, recover)) for label, setting in rows]
     finally:
         shutil.rmtree(bench.project, ignore_errors=True)
