@@ -86,8 +86,6 @@ def goal_lines(rows: list, reference: str, dense: float, recover) -> list[str]:
 
 def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quick: bool) -> str:
     """The whole results file."""
-    crit, recover = tables["criteria"], cfg["recover"]
-    reference = crit[0][0]  # the default criterion with the mean repair
     out = ["# Criteria, repair and allocation on a trained model: share of dense mAP50-95 kept", ""]
     out += [f"Command: `{command}`", "", intro, ""]
     if quick:
@@ -95,9 +93,12 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
             "`--quick` is a smoke run on a baseline trained too briefly to detect: it only shows every step runs.",
             "",
         ]
-    out += ["## Criteria, with and without the mean repair (sensitivity allocation)", "", *table(crit, dense, recover)]
-    out += ["", *margins(crit, reference, dense, recover), "", "Goals of the issue, for the default:", ""]
-    out += [*goal_lines(crit, reference, dense, recover), ""]
+    if "criteria" in tables:
+        crit, recover = tables["criteria"], cfg["recover"]
+        reference = crit[0][0]  # the default criterion with the mean repair
+        out += ["## Criteria, with and without the mean repair (sensitivity allocation)", ""]
+        out += [*table(crit, dense, recover), "", *margins(crit, reference, dense, recover), ""]
+        out += ["Goals of the issue, for the default:", "", *goal_lines(crit, reference, dense, recover), ""]
     if "uniform" in tables:
         uniform = tables["uniform"]
         out += ["## Criteria under uniform allocation, one-shot", ""]
