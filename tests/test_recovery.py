@@ -52,11 +52,13 @@ def _prune(data, project, name, *args):
 
 
 def test_distillation_with_gradual_pruning_end_to_end(tiny_data, tmp_path):
-    run, report = _prune(tiny_data, tmp_path, "kd", "macs=0.4", "epochs=2", "steps=2", "distill=1.0")
+    args = ("macs=0.4", "epochs=2", "steps=2", "distill=1.0", "criterion=l2", "allocation=global")
+    run, report = _prune(tiny_data, tmp_path, "kd", *args)
     rec = report["recovery"]
     assert rec["method"] == "distillation, pruned gradually in 2 steps" and rec["labels"] is True
     assert [c["epoch"] for c in rec["curve"]] == [1, 2] and (run / "recovery.png").stat().st_size > 1000
     (second,) = rec["later_steps"]  # the callback's step 2, at epoch 1
+    assert (second["criterion"], second["allocation"]) == ("l2", "global")  # pruned as the job's first step was
     assert second["params_after"] < report["stages"]["pruned"]["params"]  # pruned further during recovery
     assert report["stages"]["finetuned"]["params"] == second["params_after"]
     assert report["stages"]["finetuned"]["macs"] / report["stages"]["dense"]["macs"] == pytest.approx(0.6, abs=0.02)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import yaml
 from ultralytics import YOLO
+from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
 from .callback import NexpPruneCallback, step_fraction
 from .data import image_files
 from .distill import save_teacher
+from .pruner import prune_kwargs
 from .report import atomic_write
 from .trainer import trainer_for
 
@@ -37,14 +39,8 @@ def method_name(distill: float, steps: int, labels: bool) -> str:
 
 def has_labels(data: dict) -> bool:
     """Whether any training image of an Ultralytics data dict has a non-empty label file."""
-    for image in image_files(data["train"]):
-        parts = list(image.parts)
-        if "images" in parts:
-            i = len(parts) - 1 - parts[::-1].index("images")
-            label = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
-            if label.is_file() and label.stat().st_size > 0:
-                return True
-    return False
+    labels = map(Path, img2label_paths([str(image) for image in image_files(data["train"])]))
+    return any(label.is_file() and label.stat().st_size > 0 for label in labels)
 
 
 def check_recovery(plugin: dict, epochs: int, labels: bool) -> None:
@@ -115,9 +111,12 @@ def every(epochs: int, steps: int) -> int:
 
 
 def schedule(plugin: dict, epochs: int) -> NexpPruneCallback:
-    """The gradual-pruning schedule of the job (step 1 is pruned by the job itself, before training)."""
-    target = {"macs": plugin["macs"]} if plugin["macs"] is not None else {"ratio": plugin["ratio"]}
-    return NexpPruneCallback(**target, steps=plugin["steps"], every=every(epochs, plugin["steps"]), first_step=2)
+    """The gradual-pruning schedule of the job (step 1 is pruned by the job itself, before training).
+
+    Every later step prunes as the first did: same target, criterion, allocation, repair, rounding.
+    """
+    kwargs = prune_kwargs(plugin)
+    return NexpPruneCallback(**kwargs, steps=plugin["steps"], every=every(epochs, plugin["steps"]), first_step=2)
 
 
 def finetune(
