@@ -31,6 +31,7 @@ def files(tmp_path_factory, tiny_data):
     f["text"] = tmp_path / "text.pt"
     good = tmp_path / "good.pt"
     YOLO("yolov8n.yaml").save(good)
+    f["coco_classes"] = good  # 80 classes, against the tiny data's
     f["truncated"] = tmp_path / "truncated.pt"
     f["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     from ultralytics import RTDETR
@@ -58,6 +59,7 @@ CASES = {  # name: (arguments, words the one-line message must contain)
     "missing model": (["model={tmp}/missing.pt"], ["model", "not found"]),
     "not a checkpoint": (["model={text}"], ["model", "not a readable PyTorch checkpoint"]),
     "corrupt checkpoint": (["model={truncated}"], ["model", "corrupt"]),
+    "checkpoint of other classes": (["model={coco_classes}"], ["data", "80 classes", "Train it on this data first"]),
     "classification model": (["model=yolov8n-cls.yaml"], ["model", "detection", "Classify"]),
     "unsupported block": (["model=yolo12n.yaml"], ["model", "A2C2f", "cannot prune"]),
     "RT-DETR": (["model={rtdetr}"], ["model", "detection", "RTDETRDecoder"]),

@@ -88,16 +88,14 @@ def task_of(model, trust: bool = False) -> str:
     return HEADS[type(head)][0] if type(head) in HEADS else guess_model_task(model)
 
 
-def check_fits_data(model: DetectionModel, data: dict, source: str = "the model") -> None:
-    """Raise ValueError if the head's classes (or keypoint shape) differ from the data's."""
-    head = model.model[-1]
+def check_fits_data(model: DetectionModel, data: dict, source: str = "the model", hint: str = "") -> None:
+    """Raise ValueError if the head's classes (or keypoint shape) differ from the data's; ``hint`` says what to do."""
+    head, kpt = model.model[-1], data.get("kpt_shape")
     if head.nc != data["nc"]:
-        raise ValueError(f"data: {source} predicts {head.nc} classes but the data has {data['nc']}.")
-    kpt = data.get("kpt_shape")
+        raise ValueError(f"data: {source} predicts {head.nc} classes but the data has {data['nc']}. {hint}".rstrip())
     if isinstance(head, Pose) and kpt is not None and list(head.kpt_shape) != list(kpt):
-        raise ValueError(
-            f"data: {source} predicts keypoints of shape {list(head.kpt_shape)} but the data has {list(kpt)}."
-        )
+        shapes = f"keypoints of shape {list(head.kpt_shape)} but the data has {list(kpt)}"
+        raise ValueError(f"data: {source} predicts {shapes}. {hint}".rstrip())
 
 
 def dense_for_data(model: DetectionModel, data: dict | None = None, verbose: bool = False) -> DetectionModel:

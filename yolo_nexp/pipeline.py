@@ -108,16 +108,11 @@ def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
         raise  # one line already, naming what was refused
     except Exception as e:
         raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
-    det = detection_model(yolo)
-    nc = det.model[-1].nc
-    if path.suffix != ".pt":
-        yolo.model = dense_for_data(det, data)  # the model's own class, with the data's classes and keypoints
-    elif nc != data["nc"]:
-        raise ValueError(
-            f"data: model '{model}' predicts {nc} classes but the data has {data['nc']}; "
-            f"train it on this data first (yolo train model={model} data=...), then prune the result."
-        )
-    check_fits_data(yolo.model, data, f"model '{model}'")  # a pose model's keypoint shape too
+    det = detection_model(yolo)  # refuses models outside the family
+    if path.suffix != ".pt":  # the model's own class, with the data's classes and keypoints
+        yolo.model = dense_for_data(det, data)
+    hint = f"Train it on this data first (yolo train model={model} data=...), then prune the result."
+    check_fits_data(yolo.model, data, f"model '{model}'", hint)  # classes, and a pose model's keypoint shape
     return yolo
 
 

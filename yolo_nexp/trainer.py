@@ -20,6 +20,7 @@ from ultralytics.utils import LOGGER, RANK
 
 from .distill import install
 from .graph import is_pruned
+from .heads import check_fits_data
 from .loading import check_resume
 
 
@@ -32,18 +33,7 @@ def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bo
     """
     if not (isinstance(weights, DetectionModel) and is_pruned(weights)):
         return fallback(cfg=cfg, weights=weights, verbose=verbose)
-    head = weights.model[-1]
-    if head.nc != trainer.data["nc"]:
-        raise ValueError(
-            f"data: the pruned model predicts {head.nc} classes but '{trainer.args.data}' has {trainer.data['nc']}. "
-            f"Prune a model trained on this data, or use data with {head.nc} classes."
-        )
-    kpt_shape = getattr(head, "kpt_shape", None)
-    if kpt_shape is not None and list(kpt_shape) != list(trainer.data.get("kpt_shape") or kpt_shape):
-        raise ValueError(
-            f"data: the pruned model predicts keypoints of shape {list(kpt_shape)} but '{trainer.args.data}' has "
-            f"{list(trainer.data['kpt_shape'])}. Prune a model trained on this data."
-        )
+    check_fits_data(weights, trainer.data, "the pruned model", "Prune a model trained on this data.")
     if verbose and RANK in {-1, 0}:
         n = sum(p.numel() for p in weights.parameters())
         LOGGER.info(f"yolo-nexp: training the pruned model as it is ({n:,} parameters)")
