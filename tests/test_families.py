@@ -170,7 +170,7 @@ for cfg, path in files.items():
     ref = np.load(path.replace(".pt", ".npy"))
     model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)
     out[cfg] = dict(task=model.task, params=sum(p.numel() for p in det.parameters()),
-                    diff=float(np.abs(y.numpy() - ref).max()),
+                    diff=float(np.abs(y.numpy() - ref).max() / max(1.0, np.abs(ref).max())),
                     modules=sorted({{type(m).__module__.split(".")[0] for m in det.modules()}}))
 assert "yolo_nexp" not in sys.modules
 print(json.dumps(out))
@@ -182,7 +182,7 @@ print(json.dumps(out))
         assert loaded[cfg]["params"] == p["report"].params_after
         assert loaded[cfg]["modules"] == ["torch", "ultralytics"]
         assert loaded[cfg]["task"] == p["model"].task
-        assert loaded[cfg]["diff"] < 1e-4
+        assert loaded[cfg]["diff"] < 1e-5  # relative to the largest output: float32 noise is ~1e-7 of it
 
 
 def test_attention_internals_are_left_alone(nexp_pruned):

@@ -36,11 +36,9 @@ TASKS = tuple(task for task, _ in HEADS.values())
 
 
 def branches(head: Detect) -> list[nn.ModuleList]:
-    """Every per-level branch list of the head: ``cv2``, ``cv3``, ``cv4`` (and their one-to-one copies)."""
-    found = list(head.one2many.values())
-    if getattr(head, "one2one_cv2", None) is not None:
-        found += list(head.one2one.values())
-    return [b for b in found if b is not None]
+    """Every per-level branch list of the head: ``cv2``, ``cv3`` and the task's ``cv4`` (end-to-end heads, with
+    one-to-one copies, are refused by :func:`yolo_nexp.graph.detection_model`)."""
+    return [b for b in head.one2many.values() if b is not None]
 
 
 def _per_level_forward(head: Detect):
