@@ -30,9 +30,8 @@ from ultralytics import YOLO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Baseline, publish  # noqa: E402
 from yolo_nexp.cli import entrypoint  # noqa: E402
-from yolo_nexp.data import image_files  # noqa: E402
 from yolo_nexp.pruner import DEFAULT_CRITERION  # noqa: E402
-from yolo_nexp.recovery import every  # noqa: E402
+from yolo_nexp.recovery import every, unlabelled_train_split  # noqa: E402
 
 METHODS = {"fine-tune": ["distill=0"], "distill": ["distill=1"], "gradual + distill": ["distill=1", "steps=2"]}
 FULL = dict(cuts=(0.46, 0.70), criteria=(DEFAULT_CRITERION, "tp"), seeds=(0, 1), base=Baseline())
@@ -43,17 +42,7 @@ def unlabelled(data_yaml: str, root: Path) -> str:
     """The same data with the train images' labels left out (val keeps its labels, to measure)."""
     from ultralytics.data.utils import check_det_dataset
 
-    data = check_det_dataset(data_yaml, autodownload=False)
-    train = root / "images" / "train"
-    train.mkdir(parents=True, exist_ok=True)
-    for image in image_files(data["train"]):
-        link = train / image.name
-        if not link.exists():
-            link.symlink_to(image.resolve())
-    (root / "data.yaml").write_text(
-        json.dumps({"path": str(root), "train": "images/train", "val": str(data["val"]), "names": data["names"]})
-    )
-    return str(root / "data.yaml")
+    return unlabelled_train_split(check_det_dataset(data_yaml, autodownload=False), root)
 
 
 def run(base: Baseline, data: str, epochs: int, criterion: str, cut: float, seed: int, extra: list, project: Path):
@@ -72,7 +61,7 @@ def collect(cfg: dict, store: Path | None) -> dict:
     epochs = max(2, base.epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
     results = json.loads(store.read_text()) if store and store.is_file() else {}
     project = Path(tempfile.mkdtemp(prefix="nexp-recovery-"))
-    free = unlabelled(base.data(), project / "unlabelled")
+    free = unlabelled(base.data(), project)  # project/unlabelled/data.yaml
     jobs = [(c, cut, m, METHODS[m]) for c in cfg["criteria"] for cut in cfg["cuts"] for m in METHODS]
     jobs.append((DEFAULT_CRITERION, cfg["cuts"][0], "distill, no labels", ["distill=1"]))
     for criterion, cut, method, extra in jobs:
