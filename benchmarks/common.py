@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from copy import deepcopy
@@ -142,3 +143,21 @@ def publish(text: str, out: Path | None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     print(text)
+
+
+class ResultStore(dict):
+    """Benchmark results by key, written to a JSON file after every new one, so that an interrupted benchmark
+    rerun with the same arguments skips what is already there."""
+
+    def __init__(self, path: Path | None):
+        super().__init__(json.loads(path.read_text()) if path and path.is_file() else {})
+        self.path = path
+
+    def add(self, key: str, result: dict) -> dict:
+        """Remember ``result`` under ``key`` (saved at once) and print it."""
+        self[key] = result
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self, indent=1))
+        print(key, result, flush=True)
+        return result

@@ -31,7 +31,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import Baseline, publish  # noqa: E402
+from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import render  # noqa: E402
 from yolo_nexp.pruner import DEFAULT_CRITERION  # noqa: E402
 
@@ -45,9 +45,9 @@ class Bench:
     """Runs (pruning setting, cut, seed) once each, remembering results in a JSON file."""
 
     def __init__(self, cfg: dict, base: Baseline, store: Path | None):
-        self.cfg, self.base, self.store = cfg, base, store
+        self.cfg, self.base = cfg, base
         self.data, self.weights = base.data(), base.weights()
-        self.results = json.loads(store.read_text()) if store and store.is_file() else {}
+        self.results = ResultStore(store)
         self.project = Path(tempfile.mkdtemp(prefix="nexp-criteria-"))
 
     def evaluate(self, model: YOLO) -> float:
@@ -66,11 +66,7 @@ class Bench:
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": time.perf_counter() - t0}
             if recover:
                 result["recovered"] = self.finetune(model, seed)
-            self.results[key] = result
-            if self.store:
-                self.store.parent.mkdir(parents=True, exist_ok=True)
-                self.store.write_text(json.dumps(self.results, indent=1))
-            print(setting, cut, seed, result, flush=True)
+            self.results.add(key, result)
         return self.results[key]
 
     def finetune(self, model: YOLO, seed: int) -> float:

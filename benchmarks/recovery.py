@@ -28,7 +28,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import Baseline, publish  # noqa: E402
+from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from yolo_nexp.cli import entrypoint  # noqa: E402
 from yolo_nexp.pruner import DEFAULT_CRITERION  # noqa: E402
 from yolo_nexp.recovery import every, unlabelled_train_split  # noqa: E402
@@ -59,7 +59,7 @@ def collect(cfg: dict, store: Path | None) -> dict:
     """{json key: {"pruned": mAP, "curve": [mAP per epoch]}}, resumable from ``store``."""
     base = cfg["base"]
     epochs = max(2, base.epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
-    results = json.loads(store.read_text()) if store and store.is_file() else {}
+    results = ResultStore(store)
     project = Path(tempfile.mkdtemp(prefix="nexp-recovery-"))
     free = unlabelled(base.data(), project)  # project/unlabelled/data.yaml
     jobs = [(c, cut, m, METHODS[m]) for c in cfg["criteria"] for cut in cfg["cuts"] for m in METHODS]
@@ -72,16 +72,15 @@ def collect(cfg: dict, store: Path | None) -> dict:
             data = free if method.endswith("no labels") else base.data()
             t0 = time.perf_counter()
             report = run(base, data, epochs, criterion, cut, seed, extra, project)
-            results[key] = {
-                "pruned": report["stages"]["pruned"]["map"],
-                "curve": [c["map"] for c in report["recovery"]["curve"]],
-                "final_cut": 1 - report["stages"]["finetuned"]["macs"] / report["stages"]["dense"]["macs"],
-                "seconds": time.perf_counter() - t0,
-            }
-            if store:
-                store.parent.mkdir(parents=True, exist_ok=True)
-                store.write_text(json.dumps(results, indent=1))
-            print(key, results[key], flush=True)
+            results.add(
+                key,
+                {
+                    "pruned": report["stages"]["pruned"]["map"],
+                    "curve": [c["map"] for c in report["recovery"]["curve"]],
+                    "final_cut": 1 - report["stages"]["finetuned"]["macs"] / report["stages"]["dense"]["macs"],
+                    "seconds": time.perf_counter() - t0,
+                },
+            )
     return results
 
 
