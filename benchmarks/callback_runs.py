@@ -21,7 +21,7 @@ from ultralytics import YOLO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import publish  # noqa: E402
-from yolo_nexp.pipeline import resolve_data  # noqa: E402
+from yolo_nexp.job import resolve_data  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 
 

@@ -72,8 +72,8 @@ class Baseline:
 
     def data(self) -> str:
         """The dataset's yaml (generated once, seed 0, 8 classes)."""
-        from yolo_nexp.pipeline import cache_dir
-        from yolo_nexp.synthetic import make_dataset
+        from yolo_nexp.job import cache_dir
+        from yolo_nexp.synthetic.dataset import make_dataset
 
         root = cache_dir() / f"bench-{self.n_train}-{self.n_val}-{self.imgsz}-o{self.max_objects}"
         return str(make_dataset(root, self.n_train, self.n_val, self.imgsz, nc=8, seed=0, max_objects=self.max_objects))
@@ -99,7 +99,7 @@ class Baseline:
         return all(p.is_file() for p in self._paths())
 
     def _paths(self) -> tuple[Path, Path]:
-        from yolo_nexp.pipeline import cache_dir
+        from yolo_nexp.job import cache_dir
 
         target = cache_dir() / "baselines" / f"{self.name}.pt"
         return target, target.with_name(f"{target.stem}-init.pt")
@@ -108,7 +108,7 @@ class Baseline:
         """One Ultralytics run: best.pt to ``target``, results.csv (the curve) beside it, weights before step 1 to ``init``."""
         from ultralytics import YOLO
 
-        from yolo_nexp.report import atomic_write
+        from yolo_nexp.utils import atomic_write
 
         project = Path(tempfile.mkdtemp(prefix="nexp-baseline-"))
         model = YOLO(f"{self.model}.yaml")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import render  # noqa: E402
-from yolo_nexp.pruner import DEFAULT_CRITERION  # noqa: E402
+from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
 CRITERIA = ["nexp_use", "nexpc", "nexp", "hybrid", "l1", "l2", "tp", "bn", "random"]
 FULL = dict(cuts=(0.10, 0.25, 0.46), recover=0.46, ft_epochs=2, seeds=(0, 1), epochs=80, n_train=384, n_val=96)

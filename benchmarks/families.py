@@ -29,7 +29,7 @@ CONFIGS = [
     "yolo11n-pose.yaml",
     "yolo11n-obb.yaml",
 ]
-KEPT = {  # what stays at full width beyond every head's output convs and DFL (see yolo_nexp.heads, blocks_attention)
+KEPT = {  # what stays at full width beyond every head's output convs and DFL (see yolo_nexp.arch.heads, blocks_attention)
     "seg": "Proto's first conv and output",
     "yolo11": "C2PSA attention and residual stream",
 }

@@ -30,8 +30,8 @@ from ultralytics import YOLO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from yolo_nexp.cli import entrypoint  # noqa: E402
-from yolo_nexp.pruner import DEFAULT_CRITERION  # noqa: E402
-from yolo_nexp.recovery import every, unlabelled_train_split  # noqa: E402
+from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
+from yolo_nexp.training.recovery import every, unlabelled_train_split  # noqa: E402
 
 METHODS = {"fine-tune": ["distill=0"], "distill": ["distill=1"], "gradual + distill": ["distill=1", "steps=2"]}
 FULL = dict(cuts=(0.46, 0.70), criteria=(DEFAULT_CRITERION, "tp"), seeds=(0, 1), base=Baseline())

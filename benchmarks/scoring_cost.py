@@ -34,9 +34,9 @@ def worker(mode: str, scale: str, n: int, imgsz: int) -> dict:
     from ultralytics import YOLO
 
     import yolo_nexp
-    from yolo_nexp.data import calibration_batches
-    from yolo_nexp.graph import conv_blocks
-    from yolo_nexp.nexp import nexp_pairwise
+    from yolo_nexp.arch.family import conv_blocks
+    from yolo_nexp.scoring.nexp import nexp_pairwise
+    from yolo_nexp.scoring.sources import calibration_batches
 
     model = YOLO(f"yolov8{scale}.yaml").model.eval()
     batches = max(1, n // BATCH)
@@ -67,12 +67,12 @@ def worker(mode: str, scale: str, n: int, imgsz: int) -> dict:
 
 def state_mb(scale: str, n: int, imgsz: int) -> tuple[float, float]:
     """What each method keeps between batches, in MB: NEXP's int32 count per (channel, position) of every
-    conv block (:class:`yolo_nexp.nexp.FiringCounter`), and the naive form's one byte per image, channel and position.
+    conv block (:class:`yolo_nexp.scoring.nexp.FiringCounter`), and the naive form's one byte per image, channel and position.
     """
     from ultralytics import YOLO
 
-    from yolo_nexp.graph import conv_blocks
-    from yolo_nexp.nexp import recording
+    from yolo_nexp.arch.family import conv_blocks
+    from yolo_nexp.scoring.nexp import recording
 
     model = YOLO(f"yolov8{scale}.yaml").model.eval()
     with recording(conv_blocks(model)) as counters, torch.inference_mode():

@@ -25,9 +25,9 @@ from ultralytics import YOLO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, publish  # noqa: E402
-from yolo_nexp.data import calibration_batches  # noqa: E402
-from yolo_nexp.graph import conv_blocks, detection_model  # noqa: E402
-from yolo_nexp.nexp import FiringCounter, recording  # noqa: E402
+from yolo_nexp.arch.family import conv_blocks, detection_model  # noqa: E402
+from yolo_nexp.scoring.nexp import FiringCounter, recording  # noqa: E402
+from yolo_nexp.scoring.sources import calibration_batches  # noqa: E402
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "train2017"
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from ultralytics import YOLO
 
-from yolo_nexp.synthetic import make_dataset
+from yolo_nexp.synthetic.dataset import make_dataset
 
 IMGSZ = 64  # small input size for the tests (a multiple of the largest stride, 32)
 TINY_TRAIN = dict(imgsz=IMGSZ, batch=4, workers=0, plots=False)  # Ultralytics training arguments for tiny runs
@@ -75,7 +75,7 @@ def every_fourth_channel(det, constant: bool, seed: int = 0) -> None:
     BN scale 0 and shift 0 (SiLU(0) = 0) or 0.5-1.5: removing the zero ones must change nothing, removing the
     constant ones must change nothing once their means are folded into the consumers (the repair).
     """
-    from yolo_nexp.graph import conv_blocks, never_pruned
+    from yolo_nexp.arch.family import conv_blocks, never_pruned
 
     gen = torch.Generator().manual_seed(seed)
     fixed = {id(m) for m in never_pruned(det)}

@@ -6,7 +6,7 @@ import pytest
 from ultralytics import YOLO
 
 import yolo_nexp
-from yolo_nexp.callback import NexpPruneCallback
+from yolo_nexp.training.callback import NexpPruneCallback
 
 from .conftest import TINY_TRAIN, n_params
 

@@ -10,7 +10,7 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
-from yolo_nexp.safety import checkpoint_references, offending
+from yolo_nexp.checkpoints.safety import checkpoint_references, offending
 
 from .conftest import IMGSZ
 
@@ -50,7 +50,7 @@ def test_loads_in_fresh_interpreter_without_yolo_nexp(pruned_file, safe_load):
 
 
 def test_pickle_references_only_the_allowlist(pruned_file):
-    """What a pruned checkpoint's pickle names and calls is all in yolo_nexp.allowlist: it loads restricted."""
+    """What a pruned checkpoint's pickle names and calls is all in yolo_nexp.checkpoints.allowlist: it loads restricted."""
     refs = checkpoint_references(pruned_file[0])
     assert "ultralytics.nn.modules.block.C2f" in refs.created  # the scan does see the classes
     assert offending(refs) == []

@@ -10,7 +10,7 @@ from ultralytics import YOLO
 
 from yolo_nexp import NexpTrainer
 from yolo_nexp.cli import UsageError, entrypoint, parse_args
-from yolo_nexp.pruner import DEFAULT_CRITERION
+from yolo_nexp.pruning.pruner import DEFAULT_CRITERION
 
 from .conftest import IMGSZ, TINY_PRUNE, TINY_TRAIN, n_params
 

@@ -13,9 +13,9 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
-from yolo_nexp.allocation import allowed_widths
+from yolo_nexp.checkpoints.safety import check_checkpoint, untrusted_globals
 from yolo_nexp.cli import entrypoint
-from yolo_nexp.safety import check_checkpoint, untrusted_globals
+from yolo_nexp.pruning.allocation import allowed_widths
 
 from .conftest import IMGSZ, TINY_PRUNE
 

@@ -19,7 +19,7 @@ from ultralytics.nn.modules.block import Attention
 
 import yolo_nexp
 from benchmarks.common import informative
-from yolo_nexp.graph import HalvesSplit
+from yolo_nexp.arch.family import HalvesSplit
 from yolo_nexp.report import macs_and_params
 
 from .conftest import IMGSZ, every_fourth_channel, replicate_padding

@@ -13,11 +13,11 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
-from yolo_nexp import loading
-from yolo_nexp.allowlist import CALLABLE, allowed_names, module_classes
+from yolo_nexp.checkpoints import loader as loading
+from yolo_nexp.checkpoints.allowlist import CALLABLE, allowed_names, module_classes
+from yolo_nexp.checkpoints.safety import UnsafeCheckpointError, checkpoint_references, untrusted_globals
 from yolo_nexp.cli import entrypoint
-from yolo_nexp.safety import UnsafeCheckpointError, checkpoint_references, untrusted_globals
-from yolo_nexp.trainer import NexpTrainer
+from yolo_nexp.training.trainers import NexpTrainer
 
 from .conftest import IMGSZ, TINY_PRUNE, TINY_TRAIN
 from .malicious import CANNOT_RUN_HERE, NAMES, NO_PAYLOAD, RUN_ON_REBUILD, corpus

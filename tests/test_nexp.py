@@ -5,8 +5,8 @@ import torch
 
 import yolo_nexp
 from benchmarks.stability import position_share
-from yolo_nexp.graph import conv_blocks
-from yolo_nexp.nexp import FiringCounter, nexp_from_counts, nexp_pairwise, recording
+from yolo_nexp.arch.family import conv_blocks
+from yolo_nexp.scoring.nexp import FiringCounter, nexp_from_counts, nexp_pairwise, recording
 
 from .conftest import IMGSZ
 

@@ -7,8 +7,8 @@ import torch
 from ultralytics import YOLO
 
 from yolo_nexp.cli import entrypoint
-from yolo_nexp.report import atomic_write
-from yolo_nexp.trainer import NexpTrainer
+from yolo_nexp.training.trainers import NexpTrainer
+from yolo_nexp.utils import atomic_write
 
 from .conftest import TINY_PRUNE, TINY_TRAIN, n_params
 

@@ -11,8 +11,8 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_nexp
-from yolo_nexp.allocation import ALLOCATIONS
-from yolo_nexp.criteria import CRITERIA
+from yolo_nexp.pruning.allocation import ALLOCATIONS
+from yolo_nexp.scoring.criteria import CRITERIA
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)

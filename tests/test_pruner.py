@@ -7,9 +7,9 @@ from ultralytics.nn.modules import C2f
 
 import yolo_nexp
 from benchmarks.common import informative
-from yolo_nexp.criteria import CRITERIA
-from yolo_nexp.graph import C2fSplit
+from yolo_nexp.arch.family import C2fSplit
 from yolo_nexp.report import macs_and_params
+from yolo_nexp.scoring.criteria import CRITERIA
 
 from .conftest import IMGSZ, every_fourth_channel
 

@@ -11,9 +11,9 @@ from ultralytics import YOLO
 from ultralytics.utils import DEFAULT_CFG
 
 import yolo_nexp
-from yolo_nexp.callback import NexpPruneCallback, step_fraction
 from yolo_nexp.cli import entrypoint
-from yolo_nexp.distill import TEACHER_FILE, DistillationLoss, kd_loss
+from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
+from yolo_nexp.training.distill import TEACHER_FILE, DistillationLoss, kd_loss
 
 from .conftest import IMGSZ, TINY_PRUNE, n_params
 

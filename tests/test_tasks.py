@@ -19,8 +19,8 @@ import yolo_nexp
 from benchmarks.common import informative
 from yolo_nexp.cli import entrypoint
 from yolo_nexp.export import export, onnx_parity
-from yolo_nexp.pipeline import resolve_data
-from yolo_nexp.trainer import KeepPruned, trainer_for
+from yolo_nexp.job import resolve_data
+from yolo_nexp.training.trainers import KeepPruned, trainer_for
 
 from .conftest import IMGSZ, TINY_TRAIN, n_params, prune_report
 

@@ -2,12 +2,12 @@
 
 __version__ = "0.1.0"
 
-from .calibration import score
-from .callback import NexpPruneCallback, attach
-from .loading import load
-from .pruner import prune
-from .report import PruneReport
-from .trainer import NexpTrainer, trainer_for
+from yolo_nexp.checkpoints.loader import load
+from yolo_nexp.pruning.pruner import prune
+from yolo_nexp.report import PruneReport
+from yolo_nexp.scoring.calibration import score
+from yolo_nexp.training.callback import NexpPruneCallback, attach
+from yolo_nexp.training.trainers import NexpTrainer, trainer_for
 
 __all__ = [
     "__version__",

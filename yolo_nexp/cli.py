@@ -14,8 +14,8 @@ import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, parse_key_value_pair
 from ultralytics.utils import LOGGER
 
-from .export import ParityError
-from .pruner import check_prune_args, prune_kwargs
+from yolo_nexp.export import ParityError
+from yolo_nexp.pruning.pruner import check_prune_args, prune_kwargs
 
 MODES = ("prune", "export")
 USAGE = """yolo-nexp: prune Ultralytics YOLOv8 and YOLO11 models (detect, segment, pose, obb) by Neural Expressiveness (NEXP).
@@ -132,7 +132,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
     verbose = any(p.replace(" ", "").lower() == "verbose=true" for p in pairs)  # tracebacks only when asked
     try:
         plugin, overrides = parse_args(pairs)
-        from .pipeline import run_export, run_prune
+        from yolo_nexp.job import run_export, run_prune
 
         if mode == "prune":
             run_prune(plugin, overrides, command=" ".join(["yolo-nexp", *argv]))

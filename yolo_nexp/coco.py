@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ultralytics.utils import LOGGER
 
-from .data import image_files
+from yolo_nexp.scoring.sources import image_files
 
 NOT_AVAILABLE = "not available: the data has no COCO-format annotation json (give coco_json=path/to/instances.json)"
 

@@ -18,7 +18,7 @@ from ultralytics.nn.modules import OBB, Pose, Segment
 from ultralytics.utils import LOGGER
 from ultralytics.utils.metrics import box_iou
 
-from .loading import load
+from yolo_nexp.checkpoints.loader import load
 
 RAW_ATOL = 1e-4  # fp32: max abs difference allowed between PyTorch and onnxruntime raw outputs
 TASKLESS = ("boxes_px", "boxes_rel", "scores")  # raw differences every task has

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,18 +10,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from yolo_nexp.utils import atomic_write, mode
+
 
 @torch.no_grad()
 def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[int, int]:
     """MACs of one forward pass at ``imgsz`` x ``imgsz`` (batch 1) and the parameter count."""
     param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
+    with mode(model):
         example = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
         macs, _ = tp.utils.count_ops_and_params(model, example)
-    finally:
-        model.train(was_training)
     return int(macs), sum(p.numel() for p in model.parameters())
 
 
@@ -91,21 +87,6 @@ class PruneReport:
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"pruning {self.seconds_pruning:.1f}s"
         )
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Write a file through ``write(tmp_path)`` to a temporary file beside it, then rename: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_json(data: dict, path: str | Path) -> Path:

@@ -15,15 +15,13 @@ of four kernel taps depending on the position's parity, so it cannot be folded i
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 from ultralytics.nn.modules import OBB, Detect, Pose, Segment
-from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel, guess_model_task
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 # Head class -> (task, model class); exact types (YOLOE, World, RT-DETR and *26 heads are other classes).
 HEADS: dict[type, tuple[str, type]] = {
@@ -37,7 +35,7 @@ TASKS = tuple(task for task, _ in HEADS.values())
 
 def branches(head: Detect) -> list[nn.ModuleList]:
     """Every per-level branch list of the head: ``cv2``, ``cv3`` and the task's ``cv4`` (end-to-end heads, with
-    one-to-one copies, are refused by :func:`yolo_nexp.graph.detection_model`)."""
+    one-to-one copies, are refused by :func:`yolo_nexp.arch.family.detection_model`)."""
     return [b for b in head.one2many.values() if b is not None]
 
 
@@ -71,38 +69,3 @@ def output_layers(model: DetectionModel) -> list[nn.Module]:
     if isinstance(head, Segment):
         layers += [head.proto.cv3, head.proto.cv1]
     return layers
-
-
-def task_of(model, trust: bool = False) -> str:
-    """The task of a model module (by its head), or of a model file: a yaml, or a checkpoint (read safely unless
-    ``trust``, see :func:`yolo_nexp.load`)."""
-    if isinstance(model, (str, Path)):
-        if Path(model).suffix != ".pt":
-            return guess_model_task(str(model))
-        from .loading import load  # a checkpoint is only ever opened through the safe loader
-
-        return load(model, trust=trust).task
-    head = model.model[-1]
-    return HEADS[type(head)][0] if type(head) in HEADS else guess_model_task(model)
-
-
-def check_fits_data(model: DetectionModel, data: dict, source: str = "the model", hint: str = "") -> None:
-    """Raise ValueError if the head's classes (or keypoint shape) differ from the data's; ``hint`` says what to do."""
-    head, kpt = model.model[-1], data.get("kpt_shape")
-    if head.nc != data["nc"]:
-        raise ValueError(f"data: {source} predicts {head.nc} classes but the data has {data['nc']}. {hint}".rstrip())
-    if isinstance(head, Pose) and kpt is not None and list(head.kpt_shape) != list(kpt):
-        shapes = f"keypoints of shape {list(head.kpt_shape)} but the data has {list(kpt)}"
-        raise ValueError(f"data: {source} predicts {shapes}. {hint}".rstrip())
-
-
-def dense_for_data(model: DetectionModel, data: dict | None = None, verbose: bool = False) -> DetectionModel:
-    """A freshly built dense model of ``model``'s own class and yaml, for ``data``'s classes and keypoints."""
-    head = model.model[-1]
-    kwargs = {"nc": data["nc"] if data else head.nc, "verbose": verbose}
-    if isinstance(model, PoseModel):
-        kwargs["data_kpt_shape"] = tuple((data or {}).get("kpt_shape") or head.kpt_shape)
-    dense = type(model)(copy.deepcopy(model.yaml), **kwargs)
-    if data and "names" in data:
-        dense.names = data["names"]
-    return dense

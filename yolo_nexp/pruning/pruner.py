@@ -9,14 +9,14 @@ from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
-from . import allocation as alloc
-from .calibration import calibrate
-from .criteria import CRITERIA, NEEDS, build_importance, check_criterion
-from .graph import c2f_split, conv_widths, detection_model
-from .groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
-from .repair import MeanFolder, check_repair, reestimate_batchnorm
-from .report import PruneReport, macs_and_params
-from .sensitivity import measure
+from yolo_nexp.arch.family import c2f_split, conv_widths, detection_model
+from yolo_nexp.pruning import allocation as alloc
+from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
+from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
+from yolo_nexp.pruning.sensitivity import measure
+from yolo_nexp.report import PruneReport, macs_and_params
+from yolo_nexp.scoring.calibration import calibrate
+from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion
 
 DEFAULT_CRITERION = CRITERIA[0]
 SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is measured on: 3 forward passes per group each
@@ -153,7 +153,7 @@ def prune(
         ratio (float | None): Fraction of channels to remove, in [0, 1): from every group (``uniform``) or in
             all (other allocations); 0.5 when neither ``ratio`` nor ``macs`` is given. Never rounds up.
         criterion (str): Channel ranking, one of ``nexp_use``, ``nexp``, ``nexpc``, ``hybrid``, ``l1``, ``l2``,
-            ``tp``, ``bn``, ``random`` (see :mod:`yolo_nexp.criteria`).
+            ``tp``, ``bn``, ``random`` (see :mod:`yolo_nexp.scoring.criteria`).
         source (str | Path | Iterable): Calibration images (see :func:`yolo_nexp.score`).
         batches (int): Calibration batches.
         imgsz (int): Calibration input size, and the size MACs are reported at.

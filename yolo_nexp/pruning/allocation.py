@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 
-from .groups import MacsModel, PrunableGroup
+from yolo_nexp.pruning.groups import MacsModel, PrunableGroup
 
 ALLOCATIONS = ("uniform", "global", "sensitivity")
 MAX_REMOVED = 0.9  # no group loses more than this fraction of its channels (besides the round_to floor)

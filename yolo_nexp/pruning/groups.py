@@ -15,7 +15,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import C2fSplit, never_pruned, traceable_head
+from yolo_nexp.arch.family import C2fSplit, never_pruned, traceable_head
+from yolo_nexp.utils import mode
 
 TRACE_SIZE = 64  # input size for tracing: any multiple of 32 gives the same graph; MACs ratios scale with it
 OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
@@ -109,12 +110,10 @@ class MacsModel:
             for m in model.modules()
             if isinstance(m, nn.Conv2d)
         ]
-        was_training = model.training
         try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE, device=param.device, dtype=param.dtype))
+            with torch.no_grad(), mode(model):
+                model(torch.zeros(1, 3, TRACE_SIZE, TRACE_SIZE, device=param.device, dtype=param.dtype))
         finally:
-            model.train(was_training)
             for h in handles:
                 h.remove()
         self.dense = self.macs({})

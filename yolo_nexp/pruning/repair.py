@@ -17,8 +17,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import conv_blocks
-from .groups import IN_HANDLERS
+from yolo_nexp.arch.family import conv_blocks
+from yolo_nexp.pruning.groups import IN_HANDLERS
+from yolo_nexp.utils import mode
 
 REPAIRS = ("mean", "none")
 
@@ -70,16 +71,14 @@ def reestimate_batchnorm(model: nn.Module, images: list[torch.Tensor]) -> None:
     """Recompute every BatchNorm's running statistics on ``images`` (a cumulative average, weights untouched)."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
-    was_training = model.training
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     try:
-        model.train()
-        for batch in images:
-            model(batch)
+        with mode(model, training=True):
+            for batch in images:
+                model(batch)
     finally:
-        model.train(was_training)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 

@@ -1,9 +1,9 @@
 """Refuse a checkpoint before anything in it is unpickled, naming what it would import or call.
 
-The file's pickles are read statically (:mod:`yolo_nexp.pickle_scan`) and compared with the one allowlist
-(:mod:`yolo_nexp.allowlist`). This check gives the refusal its names and happens before any object is
+The file's pickles are read statically (:mod:`yolo_nexp.checkpoints.pickle_scan`) and compared with the one allowlist
+(:mod:`yolo_nexp.checkpoints.allowlist`). This check gives the refusal its names and happens before any object is
 built; the guard that holds even if it were wrong is torch's restricted unpickler in
-:mod:`yolo_nexp.loading`, which is given only the allowed globals the file uses.
+:mod:`yolo_nexp.checkpoints.loader`, which is given only the allowed globals the file uses.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from .allowlist import CALLABLE, allowed_names, module_classes
-from .pickle_scan import PickleReferences, scan_pickle
+from yolo_nexp.checkpoints.allowlist import CALLABLE, allowed_names, module_classes
+from yolo_nexp.checkpoints.pickle_scan import PickleReferences, scan_pickle
 
 # torch.save(..., _use_new_zipfile_serialization=False) starts with a pickled magic number (protocol 2, LONG1).
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."

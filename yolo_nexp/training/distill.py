@@ -28,7 +28,7 @@ from torch import nn
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from .report import atomic_write
+from yolo_nexp.utils import atomic_write
 
 TEACHER_FILE = "teacher.pt"
 
@@ -54,7 +54,7 @@ def save_teacher(model: nn.Module, weights_dir: Path, weight: float, labels: boo
 
 def load_teacher(path: Path) -> tuple[nn.Module, float, bool]:
     """The teacher model (float, eval, frozen), its distillation weight and whether labels are used."""
-    from .loading import read_checkpoint
+    from yolo_nexp.checkpoints.loader import read_checkpoint
 
     ckpt = read_checkpoint(path, arg="teacher")
     teacher = ckpt["model"].float().eval()

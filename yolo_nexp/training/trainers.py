@@ -18,10 +18,10 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
 
-from .distill import install
-from .graph import is_pruned
-from .heads import check_fits_data
-from .loading import check_resume
+from yolo_nexp.arch.family import is_pruned
+from yolo_nexp.arch.fit import check_fits_data
+from yolo_nexp.checkpoints.loader import check_resume
+from yolo_nexp.training.distill import install
 
 
 def keep_pruned_get_model(trainer, fallback, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
@@ -54,7 +54,7 @@ class KeepPruned:
         self.add_callback("on_train_start", install)
 
     def check_resume(self, overrides):
-        """Refuse an unsafe ``resume`` checkpoint (see :mod:`yolo_nexp.loading`) before Ultralytics unpickles it."""
+        """Refuse an unsafe ``resume`` checkpoint (see :mod:`yolo_nexp.checkpoints.loader`) before Ultralytics unpickles it."""
         check_resume(self.args.resume)
         super().check_resume(overrides)
 

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER, TQDM
 
-from .data import calibration_batches
-from .graph import conv_blocks, detection_model
-from .nexp import FiringCounter
+from yolo_nexp.arch.family import conv_blocks, detection_model
+from yolo_nexp.scoring.nexp import FiringCounter
+from yolo_nexp.scoring.sources import calibration_batches
+from yolo_nexp.utils import mode
 
 
 class Moments:
@@ -115,7 +116,7 @@ def calibrate(
 
     Args:
         model (nn.Module): A detection model (C2f blocks may be split; statistics are keyed by its modules).
-        source (str | Path | Iterable): Calibration data (see :func:`yolo_nexp.data.calibration_batches`).
+        source (str | Path | Iterable): Calibration data (see :func:`yolo_nexp.scoring.sources.calibration_batches`).
         batches (int): Number of batches.
         imgsz (int): Square input size.
         batch (int): Images per batch (iterables bring their own).
@@ -130,27 +131,22 @@ def calibrate(
         (Calibration): The statistics, on the CPU for scores and on the model's device for inputs.
     """
     param = next(model.parameters())
-    was_training = model.training
     calib = Calibration()
     blocks = conv_blocks(model)
-    model.eval()
-    try:
-        with ExitStack() as stack, torch.inference_mode():
-            if firing:
-                calib.firing = _hook_outputs(stack, blocks, FiringCounter)
-            if spread:
-                calib.spread = _hook_outputs(stack, blocks, lambda: Moments(reduce=(0,)))
-            if inputs:
-                calib.inputs = _hook_inputs(stack, model)
-            stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
-            for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
-                images = images.to(param.device, param.dtype)
-                if len(calib.images) < keep_images:
-                    calib.images.append(images)
-                model(images)
-                calib.n_images += images.shape[0]
-    finally:
-        model.train(was_training)
+    with mode(model), ExitStack() as stack, torch.inference_mode():
+        if firing:
+            calib.firing = _hook_outputs(stack, blocks, FiringCounter)
+        if spread:
+            calib.spread = _hook_outputs(stack, blocks, lambda: Moments(reduce=(0,)))
+        if inputs:
+            calib.inputs = _hook_inputs(stack, model)
+        stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
+        for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
+            images = images.to(param.device, param.dtype)
+            if len(calib.images) < keep_images:
+                calib.images.append(images)
+            model(images)
+            calib.n_images += images.shape[0]
     if calib.n_images == 0:
         raise ValueError("the calibration source gave no images: check 'source' (or the data's train split).")
     if verbose:

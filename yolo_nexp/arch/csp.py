@@ -107,7 +107,7 @@ class HalvesSplit(nn.Module):
 class C2fSplit(HalvesSplit):
     """C2f or C3k2 with ``cv1`` split in halves: the second half feeds the bottlenecks, every output is concatenated.
 
-    The two halves are separate groups that must keep equal widths (``yolo_nexp.groups.linked_sets``).
+    The two halves are separate groups that must keep equal widths (``yolo_nexp.pruning.groups.linked_sets``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,17 +13,26 @@ from ultralytics.utils import LOGGER, SETTINGS
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.files import increment_path
 
-from .coco import NOT_AVAILABLE, coco_metrics, find_annotations
-from .data import image_files
-from .export import export
-from .graph import detection_model
-from .heads import check_fits_data, dense_for_data, task_of
-from .loading import load
-from .pruner import prune, prune_kwargs
-from .recovery import check_recovery, curve_line, finetune, first_step, has_labels, recovery_report, schedule
-from .report import atomic_write, macs_and_params, plot_channels, save_json, stage_table
-from .safety import UnsafeCheckpointError, check_checkpoint
-from .synthetic import make_dataset
+from yolo_nexp.arch.family import detection_model
+from yolo_nexp.arch.fit import check_fits_data, dense_for_data, task_of
+from yolo_nexp.checkpoints.loader import load
+from yolo_nexp.checkpoints.safety import UnsafeCheckpointError, check_checkpoint
+from yolo_nexp.coco import NOT_AVAILABLE, coco_metrics, find_annotations
+from yolo_nexp.export import export
+from yolo_nexp.pruning.pruner import prune, prune_kwargs
+from yolo_nexp.report import macs_and_params, plot_channels, save_json, stage_table
+from yolo_nexp.scoring.sources import image_files
+from yolo_nexp.synthetic.dataset import make_dataset
+from yolo_nexp.training.recovery import (
+    check_recovery,
+    curve_line,
+    finetune,
+    first_step,
+    has_labels,
+    recovery_report,
+    schedule,
+)
+from yolo_nexp.utils import atomic_write, first_line
 
 SYNTHETIC_VERSION = 1  # bump when the generator changes, so caches are rebuilt
 
@@ -59,7 +68,7 @@ def check_data(data: str) -> dict:
     try:
         info = check_det_dataset(data, autodownload=False)
     except Exception as e:  # Ultralytics raises FileNotFoundError, SyntaxError, KeyError... with multi-line text
-        raise ValueError(f"data: {_first_line(e)}") from None
+        raise ValueError(f"data: {first_line(e)}") from None
     for split in ("train", "val"):
         try:
             found = image_files(info[split])
@@ -71,7 +80,7 @@ def check_data(data: str) -> dict:
 
 
 def check_model_file(model: str, trust: bool = False) -> Path:
-    """The model's path, once a checkpoint's pickle is scanned (:mod:`yolo_nexp.safety`), before anything is written.
+    """The model's path, once a checkpoint's pickle is scanned (:mod:`yolo_nexp.checkpoints.safety`), before anything is written.
 
     An official asset name that is not a local file is downloaded by Ultralytics where a network is available.
 
@@ -86,7 +95,7 @@ def check_model_file(model: str, trust: bool = False) -> Path:
                 path = Path(attempt_download_asset(path))
             except Exception as e:
                 raise FileNotFoundError(
-                    f"model: '{model}' is not a local file and could not be downloaded ({_first_line(e)})."
+                    f"model: '{model}' is not a local file and could not be downloaded ({first_line(e)})."
                 ) from None
         check_checkpoint(path, trust=trust)
     elif path.suffix not in (".yaml", ".yml"):
@@ -107,18 +116,13 @@ def load_model(path: Path, data: dict, trust: bool = False) -> YOLO:
     except UnsafeCheckpointError:
         raise  # one line already, naming what was refused
     except Exception as e:
-        raise ValueError(f"model: cannot load '{model}': {_first_line(e)}") from None
+        raise ValueError(f"model: cannot load '{model}': {first_line(e)}") from None
     det = detection_model(yolo)  # refuses models outside the family
     if path.suffix != ".pt":  # the model's own class, with the data's classes and keypoints
         yolo.model = dense_for_data(det, data)
     hint = f"Train it on this data first (yolo train model={model} data=...), then prune the result."
     check_fits_data(yolo.model, data, f"model '{model}'", hint)  # classes, and a pose model's keypoint shape
     return yolo
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's text, without Ultralytics' emoji prefix."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0].replace("ERROR ❌️ ", "").replace("ERROR ❌ ", "")
 
 
 def _validate(yolo: YOLO, overrides: dict, save_dir: Path, stage: str, coco: dict | None) -> dict:

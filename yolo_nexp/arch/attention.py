@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 from ultralytics.nn.modules.block import C2PSA, PSA, Attention, PSABlock
 
-from .blocks_csp import C2fSplit
+from yolo_nexp.arch.csp import C2fSplit
 
 
 def _has_attention(module: nn.Module) -> bool:

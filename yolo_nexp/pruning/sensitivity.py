@@ -16,20 +16,16 @@ import torch
 from torch import nn
 from ultralytics.utils import TQDM
 
-from .groups import IN_HANDLERS, PrunableGroup
+from yolo_nexp.pruning.groups import IN_HANDLERS, PrunableGroup
+from yolo_nexp.utils import mode
 
 FRACTIONS = (0.25, 0.5, 0.75)  # fractions of a group's channels removed when measuring it
 
 
 def head_output(model: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
     """The decoded head output (B, 4 + nc + extra, anchors) per batch, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            outs = [model(x) for x in images]
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), mode(model):
+        outs = [model(x) for x in images]
     outs = [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
     return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]  # Segment: (decoded, prototypes)
 

@@ -1,7 +1,7 @@
 """Recovery after pruning in the ``yolo-nexp prune`` job: fine-tune (distilling from the dense model unless
 ``distill=0``), optionally pruning gradually within the same epoch budget, and the recovery curve.
 
-Gradual pruning (``steps=n``) uses the training callback's schedule (:class:`~yolo_nexp.callback.NexpPruneCallback`):
+Gradual pruning (``steps=n``) uses the training callback's schedule (:class:`~yolo_nexp.training.callback.NexpPruneCallback`):
 the job prunes step 1 before training, and the callback prunes steps 2 to n at the start of every
 ``epochs // n``-th epoch, each step removing an equal share of the target.
 """
@@ -17,12 +17,12 @@ from ultralytics import YOLO
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
-from .callback import NexpPruneCallback, step_fraction
-from .data import image_files
-from .distill import save_teacher
-from .pruner import prune_kwargs
-from .report import atomic_write
-from .trainer import trainer_for
+from yolo_nexp.pruning.pruner import prune_kwargs
+from yolo_nexp.scoring.sources import image_files
+from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
+from yolo_nexp.training.distill import save_teacher
+from yolo_nexp.training.trainers import trainer_for
+from yolo_nexp.utils import atomic_write
 
 
 def method_name(distill: float, steps: int, labels: bool) -> str:

@@ -1,9 +1,9 @@
 """Open a checkpoint so that nothing in it can run: ``yolo_nexp.load(path)`` instead of ``YOLO(path)``.
 
 Unpickling a checkpoint may call any function it names (``os.system``, ``builtins.exec``...), and stock
-``YOLO(path)`` unpickles without restriction. Here the file is first scanned (:mod:`yolo_nexp.safety`,
+``YOLO(path)`` unpickles without restriction. Here the file is first scanned (:mod:`yolo_nexp.checkpoints.safety`,
 which names what it refuses), then read by torch's restricted unpickler (``weights_only=True``) given
-only the allowed globals the file uses (:mod:`yolo_nexp.allowlist`), and the ``YOLO`` is built from that
+only the allowed globals the file uses (:mod:`yolo_nexp.checkpoints.allowlist`), and the ``YOLO`` is built from that
 dict: the file is never unpickled without restriction. What Ultralytics later rebuilds from the model's
 yaml is checked too (its ``activation`` is ``eval``-ed and its layer names looked up in a module).
 """
@@ -22,8 +22,9 @@ from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG_DICT
 from ultralytics.utils.files import get_latest_run
 
-from .allowlist import module_classes, safe_globals_for
-from .safety import check_checkpoint, refusal
+from yolo_nexp.checkpoints.allowlist import module_classes, safe_globals_for
+from yolo_nexp.checkpoints.safety import check_checkpoint, refusal
+from yolo_nexp.utils import first_line
 
 _LOCK = threading.Lock()  # torch's safe globals are process-wide: one restricted load at a time
 _TRUSTED: set[Path] = set()  # files the user vouched for with load(path, trust=True), e.g. to resume them
@@ -46,9 +47,9 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict:
                 warnings.filterwarnings("ignore", "Detected pickle protocol")  # refused below if it matters
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # the guard refused what the scan let through: still a refusal
-            raise refusal(path, [f"torch's restricted unpickler: {str(e).splitlines()[0]}"], arg) from None
+            raise refusal(path, [f"torch's restricted unpickler: {first_line(e)}"], arg) from None
         except Exception as e:  # a damaged storage (RuntimeError), or state an allowed class cannot take
-            why = (str(e).splitlines() or [type(e).__name__])[0]
+            why = first_line(e)
             raise ValueError(f"{arg}: '{path}' is corrupt ({why}); re-save or re-download it.") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
         raise ValueError(f"{arg}: '{path}' holds no Ultralytics model (a dict with 'model' or 'ema'); give a .pt.")

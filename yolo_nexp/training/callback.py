@@ -19,10 +19,10 @@ from functools import partial
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from . import distill
-from .pruner import DEFAULT_CRITERION, PLUGIN_KEYS, check_prune_args, prune
-from .report import PruneReport
-from .trainer import KeepPruned, keep_pruned_get_model
+from yolo_nexp.pruning.pruner import DEFAULT_CRITERION, PLUGIN_KEYS, check_prune_args, prune
+from yolo_nexp.report import PruneReport
+from yolo_nexp.training import distill
+from yolo_nexp.training.trainers import KeepPruned, keep_pruned_get_model
 
 
 def step_fraction(total: float, step: int, steps: int) -> float:

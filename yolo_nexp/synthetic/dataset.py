@@ -6,7 +6,7 @@ gradients, lines and blobs.
 
 - ``detect``: boxes; later objects may partly occlude earlier ones.
 - ``segment``, ``pose``, ``obb``: objects do not overlap, and each is drawn from the polygon its label gives
-  (:mod:`yolo_nexp.shapes`), so labels are exact: ``segment`` labels the shape's polygon (its mask), ``pose``
+  (:mod:`yolo_nexp.synthetic.shapes`), so labels are exact: ``segment`` labels the shape's polygon (its mask), ``pose``
   the box and four keypoints (the corners of the shape's box, clockwise from top-left, all visible), ``obb``
   the four corners of the shape's box, drawn rotated by a random angle.
 """
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import yaml
 
-from .shapes import SHAPES, corners, extent, outline, place
+from yolo_nexp.synthetic.shapes import SHAPES, corners, extent, outline, place
 
 TASKS = ("detect", "segment", "pose", "obb")
 KPT_SHAPE = [4, 3]  # pose: four keypoints (x, y, visibility)

@@ -5,10 +5,10 @@ covers SPPF, the neck, C3/C3k/C3Ghost and GhostConv/GhostBottleneck (primary and
 concatenated: their channels are coupled as one group). What it cannot trace is handled per family
 (DESIGN.md section 2):
 
-- :mod:`yolo_nexp.blocks_csp`: ``chunk`` in C2f, C3k2 and C2; split into two convs while pruning, folded
+- :mod:`yolo_nexp.arch.csp`: ``chunk`` in C2f, C3k2 and C2; split into two convs while pruning, folded
   back into the original class afterwards, so saved checkpoints hold only Ultralytics and torch classes.
-- :mod:`yolo_nexp.blocks_attention`: attention reshapes in C2PSA/PSABlock; their internals keep their width.
-- :mod:`yolo_nexp.heads`: Detect, Segment, Pose and OBB heads' cross-level views; traced per level, and the
+- :mod:`yolo_nexp.arch.attention`: attention reshapes in C2PSA/PSABlock; their internals keep their width.
+- :mod:`yolo_nexp.arch.heads`: Detect, Segment, Pose and OBB heads' cross-level views; traced per level, and the
   output convs, DFL and Proto's output are never pruned.
 """
 
@@ -34,10 +34,11 @@ from ultralytics.nn.modules import (
 )
 from ultralytics.nn.tasks import DetectionModel
 
-from .blocks_attention import attention_locked
-from .blocks_csp import SPLITS, C2fSplit, C2Split, HalvesSplit
-from .blocks_ghost import GHOST_SPLITS, C3GhostSplit
-from .heads import HEADS, dense_for_data, output_layers, traceable_head
+from yolo_nexp.arch.attention import attention_locked
+from yolo_nexp.arch.csp import SPLITS, C2fSplit, C2Split, HalvesSplit
+from yolo_nexp.arch.fit import dense_for_data
+from yolo_nexp.arch.ghost import GHOST_SPLITS, C3GhostSplit
+from yolo_nexp.arch.heads import HEADS, output_layers, traceable_head
 
 __all__ = (
     "C2Split",
@@ -115,7 +116,7 @@ def c2f_split(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def never_pruned(model: DetectionModel) -> list[nn.Module]:
-    """Layers whose output channels must be kept: the head's outputs (see :mod:`yolo_nexp.heads`) and attention.
+    """Layers whose output channels must be kept: the head's outputs (see :mod:`yolo_nexp.arch.heads`) and attention.
 
     Given as every submodule (``nn.Conv2d``, BatchNorm...), which is what Torch-Pruning compares group members to.
     """

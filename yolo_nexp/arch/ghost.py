@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from ultralytics.nn.modules import C3Ghost
 
-from .blocks_csp import HalvesSplit
+from yolo_nexp.arch.csp import HalvesSplit
 
 
 class C3GhostSplit(HalvesSplit):

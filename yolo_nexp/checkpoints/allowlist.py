@@ -8,7 +8,7 @@ inside training by :func:`yolo_nexp.attach`, and a float32 ``torch.save({"model"
 name the entries of :data:`CALLABLE` and :data:`STORAGE_MARKERS` and a subset of :data:`MODULE_CLASSES`;
 ``tests/test_loading.py`` keeps that true.
 
-Two ways of use are told apart (see :mod:`yolo_nexp.pickle_scan`): a stock checkpoint only *calls*
+Two ways of use are told apart (see :mod:`yolo_nexp.checkpoints.pickle_scan`): a stock checkpoint only *calls*
 the few harmless callables below, and creates every ``nn.Module`` with ``cls.__new__`` plus its saved
 state, never through ``__init__`` (which for some layers downloads or reads files).
 """

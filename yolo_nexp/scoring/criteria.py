@@ -17,8 +17,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import conv_blocks
-from .nexp import nexp_continuous
+from yolo_nexp.arch.family import conv_blocks
+from yolo_nexp.scoring.nexp import nexp_continuous
 
 CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")
 # What each data-driven criterion needs from the calibration pass (see calibration.calibrate).
