@@ -47,6 +47,7 @@ __all__ = (
     "HalvesSplit",
     "SUPPORTED_BLOCKS",
     "YOLOV8_BLOCKS",
+    "bn_of_conv",
     "c2f_split",
     "conv_blocks",
     "conv_widths",
@@ -127,6 +128,11 @@ def never_pruned(model: DetectionModel) -> list[nn.Module]:
 def conv_blocks(model: nn.Module) -> dict[str, Conv]:
     """Every Ultralytics ``Conv`` block (Conv2d + BN + act, DWConv included) by module name: the prunable units."""
     return {name: m for name, m in model.named_modules() if isinstance(m, Conv)}
+
+
+def bn_of_conv(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
+    """The BatchNorm after the ``nn.Conv2d`` of every Ultralytics ``Conv`` block that has one, keyed by the conv."""
+    return {b.conv: b.bn for b in conv_blocks(model).values() if isinstance(getattr(b, "bn", None), nn.BatchNorm2d)}
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:

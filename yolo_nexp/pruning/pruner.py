@@ -19,6 +19,7 @@ from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion
 
 DEFAULT_CRITERION = CRITERIA[0]
+DEFAULT_RATIO = 0.5  # ratio when neither ratio nor macs is given; configs/default.yaml's ``ratio`` (a test checks)
 SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is measured on: 3 forward passes per group each
 
 
@@ -151,7 +152,7 @@ def prune(
     Args:
         model (ultralytics.YOLO | DetectionModel): The model to prune (modified in place).
         ratio (float | None): Fraction of channels to remove, in [0, 1): from every group (``uniform``) or in
-            all (other allocations); 0.5 when neither ``ratio`` nor ``macs`` is given. Never rounds up.
+            all (other allocations); :data:`DEFAULT_RATIO` (0.5) when neither ``ratio`` nor ``macs`` is given. Never rounds up.
         criterion (str): Channel ranking, one of ``nexp_use``, ``nexp``, ``nexpc``, ``hybrid``, ``l1``, ``l2``,
             ``tp``, ``bn``, ``random`` (see :mod:`yolo_nexp.scoring.criteria`).
         source (str | Path | Iterable): Calibration images (see :func:`yolo_nexp.score`).
@@ -180,7 +181,7 @@ def prune(
     """
     check_prune_args(ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning)
     allocation = "global" if global_pruning else allocation
-    ratio = 0.5 if ratio is None and macs is None else ratio
+    ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -190,8 +191,9 @@ def prune(
         need = NEEDS.get(criterion)
         calib = None
         if need or repair == "mean" or allocation == "sensitivity" or bn_recal:
-            keep = batches if bn_recal else int(allocation == "sensitivity")
-            flags = dict(firing=need == "firing", spread=need == "spread", inputs=True)
+            keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
+            inputs = need == "inputs" or repair == "mean" or allocation == "sensitivity"  # the input means
+            flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs)
             calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
         graph = build_graph(det)
         with torch.random.fork_rng(devices=[]):

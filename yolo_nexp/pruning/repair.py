@@ -5,7 +5,8 @@ A removed input channel ``j`` of a consumer conv used to add ``W[:, j] * x_j`` t
 ``shift = sum over the kernel of W[:, j] * m_j``, which the consumer can absorb exactly (away from padded
 borders): its BatchNorm's ``running_mean -= shift``, or its bias ``+= shift`` where it has no BatchNorm
 (Detect's output convs). Without this, removing an always-on SiLU channel shifts every consumer by
-``W * mean`` and a trained detector collapses (DESIGN.md section 1).
+``W * mean`` and a trained detector collapses; and such a channel is what NEXP prunes first, since a
+channel that fires on every image separates no two of them (its NEXP is 0).
 
 The means are those each consumer actually receives (through concats, residual adds, SPPF's max-pools,
 upsampling), recorded by the calibration pass; they are re-indexed as consumers lose input channels.
@@ -17,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from yolo_nexp.arch.family import conv_blocks
+from yolo_nexp.arch.family import bn_of_conv
 from yolo_nexp.pruning.groups import IN_HANDLERS
 from yolo_nexp.utils import mode
 
@@ -35,9 +36,7 @@ class MeanFolder:
     def __init__(self, model: nn.Module, input_means: dict[nn.Module, torch.Tensor]):
         """Copy the means: they are re-indexed as channels go."""
         self.means = {conv: m.detach().clone() for conv, m in input_means.items()}
-        self.bn_of = {
-            b.conv: b.bn for b in conv_blocks(model).values() if isinstance(getattr(b, "bn", None), nn.BatchNorm2d)
-        }
+        self.bn_of = bn_of_conv(model)
 
     @torch.no_grad()
     def __call__(self, group) -> None:

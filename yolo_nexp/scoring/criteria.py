@@ -2,8 +2,8 @@
 
 Magnitude criteria are Torch-Pruning's own; the NEXP family is written here:
 
-- ``nexp``: the binary score of DESIGN.md section 1, exactly (mean Hamming distance between the channel's
-  firing maps for two different images);
+- ``nexp``: the binary NEXP score of :mod:`yolo_nexp.scoring.nexp` (the mean Hamming distance between the
+  channel's firing maps for two different images, ``2 k (N - k) / (N (N - 1))`` averaged over positions);
 - ``nexpc``: the same pairwise distance on the raw activations (squared, so it equals ``nexp`` on binary
   maps): it also sees how far apart the maps are, not only whether they cross zero;
 - ``nexp_use``: what a consumer loses when the channel goes and its mean is folded in (the repair): the
@@ -17,17 +17,18 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from yolo_nexp.arch.family import conv_blocks
+from yolo_nexp.arch.family import bn_of_conv, conv_blocks
 from yolo_nexp.scoring.nexp import nexp_continuous
 
 CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")
-# What each data-driven criterion needs from the calibration pass (see calibration.calibrate).
+# What each data-driven criterion needs from the calibration pass: the name of the calibrate() flag that records
+# it (see yolo_nexp.scoring.calibration.calibrate; the pruner turns NEEDS[criterion] into that flag).
 NEEDS = {"nexp": "firing", "hybrid": "firing", "nexpc": "spread", "nexp_use": "inputs"}
 _OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
 
 
 class ProducerScoreImportance(tp.importance.Importance):
-    """Per group channel, the mean score of every member conv that produces it (group NEXP, DESIGN.md section 1).
+    """Per group channel, the mean score of every member conv that produces it (a coupled group's NEXP).
 
     Args:
         scores (dict[nn.Conv2d, torch.Tensor]): A score per output channel of each scored ``nn.Conv2d``.
@@ -57,9 +58,6 @@ class ProducerScoreImportance(tp.importance.Importance):
         return (total / count.clamp(min=1)).float()
 
 
-NexpImportance = ProducerScoreImportance  # the name the NEXP score was published under
-
-
 class ConsumerUseImportance(tp.importance.Importance):
     """Expected error a channel's removal leaves in its consumers: sum over consumers of ``var_j * ||s * W[:, j]||^2``.
 
@@ -77,9 +75,7 @@ class ConsumerUseImportance(tp.importance.Importance):
     def __init__(self, input_var: dict[nn.Module, torch.Tensor] | None, model: nn.Module):
         """Map each conv of an Ultralytics ``Conv`` block to its BatchNorm."""
         self.input_var = input_var
-        self.bn_of = {
-            b.conv: b.bn for b in conv_blocks(model).values() if isinstance(getattr(b, "bn", None), nn.BatchNorm2d)
-        }
+        self.bn_of = bn_of_conv(model)
 
     def output_scale(self, conv: nn.Conv2d) -> torch.Tensor:
         """Per output channel, how much the BatchNorm after ``conv`` scales its pre-activation."""
@@ -149,6 +145,9 @@ def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float 
         model (nn.Module): The (split) model being pruned; scores are keyed by its modules.
         calib (Calibration | None): The calibration statistics the criterion needs (see :data:`NEEDS`).
         alpha (float): NEXP weight of the hybrid criterion.
+
+    Raises:
+        ValueError: If ``criterion`` is unknown, or needs calibration statistics and ``calib`` is None.
     """
     check_criterion(criterion)
     if criterion in NEEDS and calib is None:
@@ -169,4 +168,6 @@ def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float 
         return tp.importance.GroupMagnitudeImportance(p=2)
     if criterion == "bn":
         return tp.importance.BNScaleImportance()
-    return tp.importance.RandomImportance()
+    if criterion == "random":
+        return tp.importance.RandomImportance()
+    raise ValueError(f"criterion '{criterion}' is listed in CRITERIA but has no importance object here.")
