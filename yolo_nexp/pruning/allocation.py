@@ -10,9 +10,10 @@ the two halves of a C2f, which must stay equal) from one allowed width to the ne
   compete across layers (the criterion's scores must then be comparable across layers);
 - ``sensitivity``: steps ordered by measured output distortion per MAC saved (see :mod:`.sensitivity`).
 
-A ratio keeps the prefix that removes at most that fraction of channels (per group for ``uniform``, of
-all channels otherwise); a MACs target keeps the shortest prefix that removes at least that fraction of
-the conv MACs, so it lands within one step of the target instead of one rounding of every layer.
+A ratio keeps the longest prefix that removes at most that fraction of channels (per group for
+``uniform``, of all channels otherwise); a MACs target keeps the prefix whose conv MACs cut is nearest
+that fraction (above or below it), so it lands within one step of the target instead of one rounding of
+every layer.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def removal_steps(sets: list[list[PrunableGroup]], round_to: int) -> list[list[i
     return [allowed_widths(s[0].size, round_to) for s in sets]
 
 
-def uniform_order(sets, widths) -> list[tuple[int, int]]:
+def uniform_order(widths) -> list[tuple[int, int]]:
     """Steps ``(set index, width after)`` by the fraction removed after them, set order breaking ties."""
     steps = [(1 - w / ws[0], i, w) for i, ws in enumerate(widths) for w in ws[1:]]
     return [(i, w) for _, i, w in sorted(steps)]
@@ -108,7 +109,7 @@ def _macs_per_channel(linked: list[PrunableGroup], macs: MacsModel) -> float:
     return macs.dense - macs.macs(removed)
 
 
-def widths_after(sets, widths, order, n_steps: int) -> list[int]:
+def widths_after(widths, order, n_steps: int) -> list[int]:
     """Width of each set after the first ``n_steps`` steps of ``order``."""
     kept = [ws[0] for ws in widths]
     for i, w in order[:n_steps]:
@@ -140,7 +141,7 @@ def steps_for_macs(sets, widths, order, target: float, macs: MacsModel) -> int:
     """The number of steps whose conv MACs cut is nearest ``target`` (the cut grows with every step)."""
 
     def cut(n: int) -> float:
-        return macs.cut(*expand(sets, widths_after(sets, widths, order, n)))
+        return macs.cut(*expand(sets, widths_after(widths, order, n)))
 
     lo, hi = 0, len(order)
     while lo < hi:

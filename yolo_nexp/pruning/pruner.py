@@ -112,12 +112,12 @@ def _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose)
         curves = measure(det, graph, sets, widths, calib.input_means(), images, nc, verbose=verbose)
         order = alloc.sensitivity_order(sets, widths, curves, macs_model)
     else:
-        order = (alloc.global_order if allocation == "global" else alloc.uniform_order)(sets, widths)
+        order = alloc.global_order(sets, widths) if allocation == "global" else alloc.uniform_order(widths)
     if macs is not None:
         n = alloc.steps_for_macs(sets, widths, order, macs, macs_model)
     else:
         n = alloc.steps_for_ratio(sets, widths, order, ratio, allocation)
-    return alloc.expand(sets, alloc.widths_after(sets, widths, order, n))
+    return alloc.expand(sets, alloc.widths_after(widths, order, n))
 
 
 def _floored(channels: dict[str, list[int]], round_to: int) -> list[str]:
