@@ -1,6 +1,7 @@
 """The yolo-nexp command: argument handling, and the whole prune job end to end on tiny synthetic data."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from ultralytics import YOLO
 
 from yolo_nexp import NexpTrainer
-from yolo_nexp.cli import UsageError, entrypoint, parse_args
+from yolo_nexp.cli import UsageError, entrypoint, load_defaults, parse_args
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION
 
 from .conftest import IMGSZ, TINY_PRUNE, TINY_TRAIN, n_params
@@ -46,7 +47,23 @@ def test_shipped_recipe_parses():
 def test_help(argv, capsys):
     assert entrypoint(argv) == 0
     out = capsys.readouterr().out
-    assert "yolo-nexp prune" in out and "ratio" in out and "criterion" in out
+    plugin_part, _, rest = out.partition("Plugin arguments")[2].partition("Ultralytics arguments")
+    assert rest, "no separate section for the job's Ultralytics defaults"
+    ultralytics_part = rest.partition("Examples:")[0]
+    plugin, ultralytics = load_defaults()
+
+    def listed(key: str, text: str) -> bool:  # a row of the listing, not a mention in the examples
+        return re.search(rf"^    {re.escape(key)}: ", text, re.MULTILINE) is not None
+
+    for key, value in plugin.items():
+        assert listed(key, plugin_part) and not listed(key, ultralytics_part), key
+        assert re.search(
+            rf"^    {re.escape(key)}: {re.escape(str(value) if value is not None else 'null')}\b",
+            plugin_part,
+            re.M | re.I,
+        ), key
+    for key in ultralytics:
+        assert listed(key, ultralytics_part) and not listed(key, plugin_part), key
 
 
 def test_console_script_help():

@@ -29,7 +29,10 @@ Usage:
 Plugin arguments (defaults in configs/default.yaml):
 {plugin}
 
-Every other key=value goes to Ultralytics unchanged (data, epochs, imgsz, batch, device, lr0, project, name, ...).
+Ultralytics arguments whose default the job sets (the ultralytics: block of configs/default.yaml):
+{ultralytics}
+
+These and every other key=value go to Ultralytics unchanged (imgsz, batch, device, lr0, project, name, ...).
 cfg=recipe.yaml loads a recipe; the command line overrides it.
 
 Examples:
@@ -112,11 +115,20 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
     return plugin, ultralytics
 
 
+def _rows(text: str) -> str:
+    """One ``key: default   comment`` row per line of a ``default.yaml`` block (comment-only lines continue a row)."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return "\n".join(
+        f"    {ln.split('#')[0].strip():<24}{ln.split('#', 1)[1].strip() if '#' in ln else ''}" for ln in lines
+    )
+
+
 def _usage() -> str:
-    """Usage text listing the plugin arguments with their defaults and comments."""
-    lines = [ln for ln in (configs_dir() / "default.yaml").read_text().splitlines() if ln and not ln.startswith("#")]
-    plugin = [f"    {ln.split('#')[0].strip():<24}{ln.split('#', 1)[1].strip() if '#' in ln else ''}" for ln in lines]
-    return USAGE.format(plugin="\n".join(p for p in plugin if not p.strip().startswith("ultralytics:")))
+    """Usage text: the plugin's arguments, then the job's Ultralytics defaults, with their defaults and comments."""
+    plugin, found, ultralytics = (configs_dir() / "default.yaml").read_text().partition("\nultralytics:\n")
+    if not found:
+        raise RuntimeError("configs/default.yaml has no top-level 'ultralytics:' block.")
+    return USAGE.format(plugin=_rows(plugin), ultralytics=_rows(ultralytics))
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
