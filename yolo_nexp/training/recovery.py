@@ -157,7 +157,8 @@ def recovery_curve(save_dir: Path) -> list[dict]:
     path = save_dir / "results.csv"
     if not path.is_file():
         return []
-    rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(path.open())]
+    with path.open(newline="") as f:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
     return [
         {"epoch": int(float(r["epoch"])), "map50": float(r["metrics/mAP50(B)"]), "map": float(r["metrics/mAP50-95(B)"])}
         for r in rows
