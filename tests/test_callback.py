@@ -65,6 +65,16 @@ def test_gradual_pruning_reaches_ratio(tiny_data, tmp_path):
     assert widths["model.7"] == (256, 128)  # half of the original channels after both steps
 
 
+def test_attach_with_a_macs_target(tiny_data, tmp_path):
+    model = YOLO("yolov8n.yaml")
+    cb = yolo_nexp.attach(model, macs=0.3, epoch=0, batches=1, verbose=False)  # no ratio: the MACs target alone
+    assert cb.target == {"macs": 0.3}
+    _train(model, tiny_data, tmp_path, "macs", epochs=1)
+    (report,) = cb.reports
+    assert report.macs_target == pytest.approx(0.3)
+    assert report.macs_reduction == pytest.approx(0.3, abs=0.02)  # within a step of the target
+
+
 @pytest.mark.parametrize("ratio,steps", [(0.5, 1), (0.5, 2), (0.75, 3), (0.3, 4)])
 def test_step_ratios_compound_to_ratio(ratio, steps):
     cb = NexpPruneCallback(ratio=ratio, steps=steps)

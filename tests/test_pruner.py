@@ -1,5 +1,7 @@
 """Structured pruning: identity at ratio 0, strictly smaller models for every criterion, stock classes only."""
 
+import inspect
+
 import pytest
 import torch
 from ultralytics import YOLO
@@ -8,8 +10,13 @@ from ultralytics.nn.modules import C2f
 import yolo_nexp
 from benchmarks.common import informative
 from yolo_nexp.arch.family import C2fSplit
+from yolo_nexp.cli import load_defaults
+from yolo_nexp.pruning import pruner
+from yolo_nexp.pruning.pruner import DEFAULT_RATIO
 from yolo_nexp.report import macs_and_params
+from yolo_nexp.scoring import criteria
 from yolo_nexp.scoring.criteria import CRITERIA
+from yolo_nexp.training.callback import NexpPruneCallback
 
 from .conftest import IMGSZ, every_fourth_channel
 
@@ -97,9 +104,44 @@ def test_any_class_count(nc):
 
 def test_round_to_gives_multiples(yolov8n):
     report = yolo_nexp.prune(yolov8n, ratio=0.4, round_to=8, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    pruned = [name for name, (before, after) in report.channels.items() if after < before]
+    assert len(pruned) > len(report.channels) // 4, pruned  # the rounding was put to work
     for name, (before, after) in report.channels.items():
         if before % 8 == 0:
             assert after % 8 == 0, name
+
+
+def test_default_ratio_is_the_one_of_configs_default_yaml():
+    plugin, _ = load_defaults()
+    assert plugin["ratio"] == DEFAULT_RATIO
+    for api in (yolo_nexp.prune, yolo_nexp.attach):  # None: DEFAULT_RATIO unless macs is given
+        assert inspect.signature(api).parameters["ratio"].default is None, api.__name__
+    assert NexpPruneCallback().ratio == DEFAULT_RATIO
+    assert NexpPruneCallback(macs=0.3).target == {"macs": 0.3}
+
+
+class _Measured(Exception):
+    """Stops pruning once the sensitivity measurement was reached."""
+
+
+def test_sensitivity_is_measured_on_sensitivity_batches(yolov8n, monkeypatch):
+    seen = []
+
+    def spy(model, graph, sets, widths, means, images, *args, **kwargs):
+        seen.append(len(images))
+        raise _Measured
+
+    monkeypatch.setattr(pruner, "SENSITIVITY_BATCHES", 2)
+    monkeypatch.setattr(pruner, "measure", spy)
+    with pytest.raises(_Measured):
+        yolo_nexp.prune(yolov8n, ratio=0.5, allocation="sensitivity", imgsz=IMGSZ, batches=3, batch=2, verbose=False)
+    assert seen == [2]  # the calibration pass kept as many batches as the sensitivity is measured on
+
+
+def test_a_criterion_without_an_importance_object_raises(yolov8n, monkeypatch):
+    monkeypatch.setattr(criteria, "CRITERIA", (*criteria.CRITERIA, "unheard_of"))
+    with pytest.raises(ValueError, match="unheard_of"):
+        criteria.build_importance("unheard_of", yolov8n.model)  # no silent fall-through to random
 
 
 def test_nexp_prunes_dead_channels_first(tiny_data):

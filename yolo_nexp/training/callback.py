@@ -19,7 +19,7 @@ from functools import partial
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from yolo_nexp.pruning.pruner import DEFAULT_CRITERION, PLUGIN_KEYS, check_prune_args, prune
+from yolo_nexp.pruning.pruner import DEFAULT_CRITERION, DEFAULT_RATIO, PLUGIN_KEYS, check_prune_args, prune
 from yolo_nexp.report import PruneReport
 from yolo_nexp.training import distill
 from yolo_nexp.training.trainers import KeepPruned, keep_pruned_get_model
@@ -38,7 +38,8 @@ class NexpPruneCallback:
     """Ultralytics callbacks that prune a model during training (the one gradual-pruning schedule of the plugin).
 
     Args:
-        ratio (float | None): Fraction of the channels removed in the end (see :func:`yolo_nexp.prune`).
+        ratio (float | None): Fraction of the channels removed in the end (see :func:`yolo_nexp.prune`);
+            :data:`~yolo_nexp.pruning.pruner.DEFAULT_RATIO` when neither ``ratio`` nor ``macs`` is given.
         epoch (int): Epoch at whose start pruning begins (0 = before any training).
         steps (int): Number of pruning steps, reaching the target at the last.
         every (int): Epochs between two steps.
@@ -56,7 +57,7 @@ class NexpPruneCallback:
         self, ratio=None, epoch=0, steps=1, every=1, macs=None, first_step=1, distill=0.0, **prune_kwargs
     ):  # fmt: skip
         """Check the schedule; nothing happens until training starts."""
-        ratio = 0.5 if ratio is None and macs is None else ratio
+        ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
         check_prune_args(ratio, macs, **{k: v for k, v in prune_kwargs.items() if k in PLUGIN_KEYS})
         if epoch < 0 or steps < 1 or every < 1:
             raise ValueError(
@@ -154,7 +155,7 @@ def rebuild_training_state(trainer) -> None:
 
 def attach(
     model,
-    ratio: float = 0.5,
+    ratio: float | None = None,
     epoch: int = 0,
     criterion: str = DEFAULT_CRITERION,
     batches: int = 4,
@@ -167,7 +168,9 @@ def attach(
 
     Args:
         model (ultralytics.YOLO): The model whose training should prune.
-        ratio (float): Fraction of every prunable group's channels removed in the end, in [0, 1).
+        ratio (float | None): Fraction of the channels removed in the end, in [0, 1): from every prunable group
+            with ``allocation="uniform"``, of all prunable channels together with the other allocations.
+            :data:`~yolo_nexp.pruning.pruner.DEFAULT_RATIO` (0.5) when neither ``ratio`` nor ``macs`` is given.
         epoch (int): Epoch at whose start to prune; 0 prunes at initialisation, before any training.
         criterion (str): Importance criterion (see :func:`yolo_nexp.prune`).
         batches (int): Training-loader batches used to score NEXP.
@@ -175,7 +178,8 @@ def attach(
         every (int): Epochs between two steps.
         distill (float | None): Distil from the model as it was before pruning with this weight (0: off); by
             default on when the model was trained (pruning after epoch 0, or a ``.pt``), off for pruning at init.
-        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments (macs, round_to, alpha, repair, allocation, bn_recal, verbose).
+        **prune_kwargs: Further :func:`yolo_nexp.prune` arguments: ``macs`` (instead of ``ratio``, the fraction
+            of MACs removed in the end), round_to, alpha, repair, allocation, bn_recal, verbose.
 
     Returns:
         (NexpPruneCallback): The registered callback (its ``reports`` fill in as pruning happens).
