@@ -102,7 +102,7 @@ def test_prune_end_to_end(tiny_data, tmp_path):
     assert report["macs_reduction"] == pytest.approx(1 - pruned["macs"] / dense["macs"])
     assert report["plugin"]["macs"] == 0.5 and report["prune"]["criterion"] == DEFAULT_CRITERION
     assert report["prune"]["repair"] == "mean" and report["prune"]["allocation"] == "sensitivity"
-    # The silent rebuild of DESIGN.md section 3 would leave the dense parameter count in these files.
+    # Ultralytics' trainer silently rebuilding the dense model from its yaml would leave the dense count here.
     for ckpt in ("pruned.pt", "best.pt", "last.pt"):
         assert n_params(run / "weights" / ckpt) == pruned["params"], ckpt
     assert (run / "channels.png").stat().st_size > 1000

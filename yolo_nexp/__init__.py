@@ -1,4 +1,10 @@
-"""yolo-nexp: structured channel pruning of Ultralytics YOLOv8 driven by Neural Expressiveness (NEXP)."""
+"""yolo-nexp: structured channel pruning of Ultralytics YOLOv8 and YOLO11 (detect, segment, pose, obb) by NEXP.
+
+NEXP (Neural Expressiveness, :mod:`yolo_nexp.scoring.nexp`) scores a channel by how differently it fires on
+different images. Channels are ranked by it or by a related activation statistic (the criteria of
+:mod:`yolo_nexp.scoring.criteria`; the default ``nexp_use`` weighs a channel's spread by its consumers' use
+of it) and the lowest-ranked are removed, in whole coupled groups, keeping stock Ultralytics modules.
+"""
 
 __version__ = "0.1.0"
 

@@ -1,12 +1,15 @@
 """CSP blocks whose first conv is split in halves: C2f, C3k2 (a C2f subclass) and C2.
 
-Their forward splits ``cv1``'s output with ``chunk``, which Torch-Pruning cannot prune through (DESIGN.md
-section 2). For pruning each one is rewritten as a split module with two convs, ``cv0`` (first half) and
-``cv1`` (second half), an exact reparametrisation; afterwards it is folded back into its *original* class
-with its original attributes, so that saved checkpoints hold only Ultralytics and torch classes.
+Their forward splits ``cv1``'s output in two with ``chunk``, which cuts at the middle of however many
+channels ``cv1`` has: removing channels of one half would move the cut and mix the halves. The halves feed
+different consumers, so they are ranked as separate groups that must keep equal widths. For pruning each
+block is rewritten as a split module with two convs, ``cv0`` (first half) and ``cv1`` (second half), an
+exact reparametrisation; afterwards it is folded back into its *original* class with its original
+attributes, so that saved checkpoints hold only Ultralytics and torch classes.
 
-C3, C3k and C3Ghost need nothing here: their two branches are separate convs joined by a concat, which
-Torch-Pruning follows by itself.
+C3 and C3k need nothing: their two branches are separate convs joined by a concat, which Torch-Pruning
+follows by itself. C3Ghost is split too, for another reason (see :mod:`yolo_nexp.arch.ghost`), with the
+:class:`HalvesSplit` defined here.
 """
 
 from __future__ import annotations

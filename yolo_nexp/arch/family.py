@@ -1,12 +1,14 @@
 """Ultralytics-aware dependency handling for the detection family: what Torch-Pruning cannot trace by itself.
 
 Torch-Pruning follows concat, add, upsample, max-pool, depthwise and transposed convs by itself, which
-covers SPPF, the neck, C3/C3k/C3Ghost and GhostConv/GhostBottleneck (primary and cheap depthwise conv
-concatenated: their channels are coupled as one group). What it cannot trace is handled per family
-(DESIGN.md section 2):
+covers SPPF, the neck, C3/C3k and GhostConv/GhostBottleneck (primary and cheap depthwise conv
+concatenated: their channels are coupled as one group). What it cannot trace, or traces into groups
+that could be cut inconsistently, is handled per block family:
 
 - :mod:`yolo_nexp.arch.csp`: ``chunk`` in C2f, C3k2 and C2; split into two convs while pruning, folded
   back into the original class afterwards, so saved checkpoints hold only Ultralytics and torch classes.
+- :mod:`yolo_nexp.arch.ghost`: C3Ghost's residual stream ties channels ``j`` and ``j + c_`` of its ``cv1``;
+  ``cv1`` is split in halves the same way, so the pair is always removed together.
 - :mod:`yolo_nexp.arch.attention`: attention reshapes in C2PSA/PSABlock; their internals keep their width.
 - :mod:`yolo_nexp.arch.heads`: Detect, Segment, Pose and OBB heads' cross-level views; traced per level, and the
   output convs, DFL and Proto's output are never pruned.

@@ -2,13 +2,15 @@
 
 For N calibration images and one conv block, let B[n, c, p] = (A[n, c, p] > 0) be the binarised
 output of channel c at spatial position p, and k[c, p] = sum_n B[n, c, p] the number of images
-that fire there. Then (DESIGN.md section 1)
+that fire there. Then
 
     NEXP(c) = mean_p 2 * k[c, p] * (N - k[c, p]) / (N * (N - 1))
 
 which equals the mean normalised Hamming distance between channel c's binary maps over all
-ordered pairs of different images. Only the integer counts k are kept, so memory does not grow
-with N and batches can be streamed.
+ordered pairs of different images. A channel that always or never fires at a position separates no
+two images there (0); one that fires on half of them scores about 0.5. Channels with the lowest NEXP
+are pruned first. Only the integer counts k are kept, so memory does not grow with N and batches
+can be streamed.
 """
 
 from __future__ import annotations

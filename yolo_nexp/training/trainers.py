@@ -1,4 +1,4 @@
-"""Trainers that keep the pruned architecture (DESIGN.md section 3), one per task.
+"""Trainers that keep the pruned architecture, one per task.
 
 Ultralytics' trainer rebuilds the model from ``model.yaml`` and copies only the tensors whose shapes
 match, so a pruned model silently turns back into the dense one. :class:`KeepPruned` makes a task's
