@@ -27,9 +27,10 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import informative, publish  # noqa: E402
+from benchmarks.common import publish  # noqa: E402
 from yolo_nexp.export import onnx_parity  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
+from yolo_nexp.testing import informative  # noqa: E402
 
 COCO_VAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "val2017"
 CONFIGS = [(0.0, 8), (0.25, 8), (0.5, 8), (0.75, 8), (0.5, 1), (0.5, 16), (0.5, 32)]  # (ratio, round_to)

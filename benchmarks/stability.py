@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, publish  # noqa: E402
 from yolo_nexp.arch.family import conv_blocks, detection_model  # noqa: E402
-from yolo_nexp.scoring.nexp import FiringCounter, recording  # noqa: E402
+from yolo_nexp.scoring.nexp import FiringCounter, position_share, recording  # noqa: E402
 from yolo_nexp.scoring.sources import calibration_batches  # noqa: E402
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "train2017"
@@ -79,24 +79,6 @@ def firing_counts(model, source, batches: int, imgsz: int, batch: int) -> dict[s
         for x in calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch):
             det(x)
     return counters
-
-
-def position_share(counter: FiringCounter) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel: the firing rate q, and the share of the firing variance that the position explains.
-
-    With q_p the share of images that fire at position p and q their mean, the variance of the binary
-    map over (image, position) is q(1 - q) = mean_p q_p(1 - q_p) (across images, within a position)
-    + the variance of q_p over positions. NEXP is 2N/(N-1) times the first term, so
-    NEXP = 2N/(N-1) * q(1 - q) * (1 - share): a channel scores low if it is mostly off, mostly on, or
-    fires where it fires because of the position rather than the image. NaN for channels that never
-    change (q = 0 or 1).
-    """
-    q_p = counter.counts.flatten(1).double() / counter.n
-    q = q_p.mean(1)
-    total = q * (1 - q)
-    within = (q_p * (1 - q_p)).mean(1)
-    share = torch.where(total > 0, 1 - within / total, torch.full_like(total, float("nan")))
-    return q, share
 
 
 def filter_norms(model) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
-from benchmarks.common import informative
 from yolo_nexp.cli import entrypoint
 from yolo_nexp.export import export, onnx_parity
+from yolo_nexp.testing import informative
 
 from .conftest import IMGSZ, prune_report
 

@@ -18,9 +18,9 @@ from ultralytics.nn.modules import C2, C2PSA, C3Ghost, C3k2
 from ultralytics.nn.modules.block import Attention
 
 import yolo_nexp
-from benchmarks.common import informative
 from yolo_nexp.arch.family import HalvesSplit
 from yolo_nexp.report import macs_and_params
+from yolo_nexp.testing import informative
 
 from .conftest import IMGSZ, every_fourth_channel, replicate_padding
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import yolo_nexp
-from benchmarks.stability import position_share
 from yolo_nexp.arch.family import conv_blocks
-from yolo_nexp.scoring.nexp import FiringCounter, nexp_from_counts, nexp_pairwise, recording
+from yolo_nexp.scoring.nexp import FiringCounter, nexp_from_counts, nexp_pairwise, position_share, recording
 
 from .conftest import IMGSZ
 

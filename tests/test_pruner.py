@@ -8,7 +8,6 @@ from ultralytics import YOLO
 from ultralytics.nn.modules import C2f
 
 import yolo_nexp
-from benchmarks.common import informative
 from yolo_nexp.arch.family import C2fSplit
 from yolo_nexp.cli import load_defaults
 from yolo_nexp.pruning import pruner
@@ -16,6 +15,7 @@ from yolo_nexp.pruning.pruner import DEFAULT_RATIO
 from yolo_nexp.report import macs_and_params
 from yolo_nexp.scoring import criteria
 from yolo_nexp.scoring.criteria import CRITERIA
+from yolo_nexp.testing import informative
 from yolo_nexp.training.callback import NexpPruneCallback
 
 from .conftest import IMGSZ, every_fourth_channel

@@ -5,7 +5,7 @@ import torch
 from ultralytics import YOLO
 
 import yolo_nexp
-from benchmarks.common import informative
+from yolo_nexp.testing import informative
 
 from .conftest import every_fourth_channel, replicate_padding
 

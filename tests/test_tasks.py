@@ -16,10 +16,10 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import PoseModel
 
 import yolo_nexp
-from benchmarks.common import informative
 from yolo_nexp.cli import entrypoint
 from yolo_nexp.export import export, onnx_parity
 from yolo_nexp.job import resolve_data
+from yolo_nexp.testing import informative
 from yolo_nexp.training.trainers import KeepPruned, trainer_for
 
 from .conftest import IMGSZ, TINY_TRAIN, n_params, prune_report

@@ -109,6 +109,32 @@ class FiringCounter:
         return nexp_from_counts(self.counts.cpu(), self.n)
 
 
+def position_share(counter: FiringCounter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel: the firing rate q, and the share of the firing variance that the position explains.
+
+    What NEXP ranks by, for analysis (``benchmarks/stability.py`` reports it); the pruner does not need it.
+
+    With q_p the share of images that fire at position p and q their mean, the variance of the binary
+    map over (image, position) is q(1 - q) = mean_p q_p(1 - q_p) (across images, within a position)
+    + the variance of q_p over positions. NEXP is 2N/(N-1) times the first term, so
+    NEXP = 2N/(N-1) * q(1 - q) * (1 - share): a channel scores low if it is mostly off, mostly on, or
+    fires where it fires because of the position rather than the image. NaN for channels that never
+    change (q = 0 or 1).
+
+    Args:
+        counter (FiringCounter): Firing counts of one layer over at least 2 images.
+
+    Returns:
+        (tuple[torch.Tensor, torch.Tensor]): float64 tensors (C,): the firing rate q and the position share.
+    """
+    q_p = counter.counts.flatten(1).double() / counter.n
+    q = q_p.mean(1)
+    total = q * (1 - q)
+    within = (q_p * (1 - q_p)).mean(1)
+    share = torch.where(total > 0, 1 - within / total, torch.full_like(total, float("nan")))
+    return q, share
+
+
 @contextmanager
 def recording(blocks: dict[str, nn.Module]) -> Iterator[dict[str, FiringCounter]]:
     """Attach a :class:`FiringCounter` to the output of every block; hooks are removed on exit, also on error."""
