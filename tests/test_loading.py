@@ -228,7 +228,10 @@ def test_allowlist_is_exactly_what_stock_checkpoints_use(stock):
 def test_loaded_pruned_checkpoint_validates_trains_resumes_saves_and_exports(stock, tiny_data, tmp_path):
     model = yolo_nexp.load(stock["pruned"])
     params = sum(p.numel() for p in model.model.parameters())
-    assert model.val(data=str(tiny_data), **TINY_TRAIN, project=str(tmp_path), name="val").box is not None
+    metrics = model.val(data=str(tiny_data), **TINY_TRAIN, project=str(tmp_path), name="val")
+    labelled = sum(len(f.read_text().split()) // 5 for f in (tiny_data.parent / "labels" / "val").glob("*.txt"))
+    assert labelled > 0 and int(metrics.nt_per_class.sum()) == labelled  # it validated on every val label
+    assert all(0.0 <= v <= 1.0 for v in metrics.results_dict.values()) and metrics.speed["inference"] > 0
     resumed = yolo_nexp.load(stock["pruned_epoch0"])
     resumed.train(resume=True, trainer=NexpTrainer)  # NexpTrainer checks the resume file, then continues it
     assert sum(p.numel() for p in resumed.model.parameters()) == params
