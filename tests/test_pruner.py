@@ -14,6 +14,7 @@ from yolo_nexp.pruning import pruner
 from yolo_nexp.pruning.pruner import DEFAULT_RATIO
 from yolo_nexp.report import macs_and_params
 from yolo_nexp.scoring import criteria
+from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import CRITERIA
 from yolo_nexp.testing import informative
 from yolo_nexp.training.callback import NexpPruneCallback
@@ -136,6 +137,26 @@ def test_sensitivity_is_measured_on_sensitivity_batches(yolov8n, monkeypatch):
     with pytest.raises(_Measured):
         yolo_nexp.prune(yolov8n, ratio=0.5, allocation="sensitivity", imgsz=IMGSZ, batches=3, batch=2, verbose=False)
     assert seen == [2]  # the calibration pass kept as many batches as the sensitivity is measured on
+
+
+@pytest.mark.parametrize(
+    "kw,inputs",
+    [
+        (dict(criterion="l1", repair="none", allocation="uniform", bn_recal=True), False),  # nothing reads means
+        (dict(criterion="nexp_use", repair="none", allocation="uniform"), True),  # NEEDS["nexp_use"] == "inputs"
+        (dict(criterion="l1", repair="mean", allocation="uniform"), True),  # the repair folds the means
+    ],
+)
+def test_calibration_records_input_moments_only_when_read(yolov8n, monkeypatch, kw, inputs):
+    asked = []
+
+    def spy(*args, **flags):
+        asked.append(flags["inputs"])
+        return calibrate(*args, **flags)
+
+    monkeypatch.setattr(pruner, "calibrate", spy)
+    yolo_nexp.prune(yolov8n, ratio=0.25, imgsz=IMGSZ, batches=1, batch=2, verbose=False, **kw)
+    assert asked == [inputs]
 
 
 def test_a_criterion_without_an_importance_object_raises(yolov8n, monkeypatch):
