@@ -33,25 +33,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import render  # noqa: E402
+from benchmarks.real_model import RealModel, validate  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
 CRITERIA = ["nexp_use", "nexpc", "nexp", "hybrid", "l1", "l2", "tp", "bn", "random"]
 FULL = dict(cuts=(0.10, 0.25, 0.46), recover=0.46, ft_epochs=2, seeds=(0, 1), epochs=80, n_train=384, n_val=96)
 QUICK = dict(cuts=(0.25,), recover=0.25, ft_epochs=1, seeds=(0,), epochs=5, n_train=48, n_val=16)
+REAL = dict(cuts=(0.10, 0.25, 0.46), recover=None, ft_epochs=0, seeds=(0,))
 CALIBRATION = dict(batches=4, batch=16)  # 64 training images; the sensitivity uses the first 16
+REAL_CALIBRATION = dict(batches=4, batch=8)  # 32 images at 640 px; the sensitivity uses the first 8
 
 
 class Bench:
     """Runs (pruning setting, cut, seed) once each, remembering results in a JSON file."""
 
-    def __init__(self, cfg: dict, base: Baseline, store: Path | None):
-        self.cfg, self.base = cfg, base
+    def __init__(self, cfg: dict, base: Baseline | RealModel, store: Path | None, calibration: dict = CALIBRATION):
+        self.cfg, self.base, self.calibration = cfg, base, calibration
         self.data, self.weights = base.data(), base.weights()
         self.results = ResultStore(store)
         self.project = Path(tempfile.mkdtemp(prefix="nexp-criteria-"))
 
     def evaluate(self, model: YOLO) -> float:
-        return float(model.val(data=self.data, imgsz=self.base.imgsz, batch=32, plots=False, verbose=False).box.map)
+        """mAP50-95 on the val split: square inputs, NMS never cut (``real_model.validate``)."""
+        return validate(model, self.data, self.base.imgsz)["map"]
 
     def run(self, setting: dict, cut: float, seed: int, recover: bool) -> dict:
         """Prune a fresh copy of the baseline with ``setting``; mAP50-95 one-shot and, if asked, after fine-tuning."""
@@ -61,9 +65,10 @@ class Bench:
             t0 = time.perf_counter()
             report = yolo_nexp.prune(
                 model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                **CALIBRATION, **setting,
+                **self.calibration, **setting,
             )  # fmt: skip
-            result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": time.perf_counter() - t0}
+            seconds = time.perf_counter() - t0
+            result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
             if recover:
                 result["recovered"] = self.finetune(model, seed)
             self.results.add(key, result)
@@ -128,17 +133,23 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="yolov8n", help="the baseline's scale (yolov8n, yolov8s, ...)")
+    ap.add_argument("--model", default="yolov8n", help="yolov8n, yolov8s (synthetic baselines) or fall-yolov8s (real)")
+    ap.add_argument("--criteria", nargs="+", default=None, help="which criteria rows to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny data and one seed: a smoke run of minutes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", nargs="+", default=list(settings()), help="which tables to run (default: all)")
     ap.add_argument("--repair", nargs="+", default=["mean", "none"], help="which repair rows to run (default: both)")
     args = ap.parse_args()
-    cfg = QUICK if args.quick else FULL
-    base = Baseline(model=args.model, epochs=cfg["epochs"], n_train=cfg["n_train"], n_val=cfg["n_val"])
+    real = args.model == RealModel.model
+    cfg = REAL if real else QUICK if args.quick else FULL
+    if real:
+        base = RealModel()
+    else:
+        base = Baseline(model=args.model, epochs=cfg["epochs"], n_train=cfg["n_train"], n_val=cfg["n_val"])
     cached = base.cached()
     t0 = time.perf_counter()
-    bench = Bench(cfg, base, args.out.with_suffix(".json") if args.out else None)
+    calibration = REAL_CALIBRATION if real else CALIBRATION
+    bench = Bench(cfg, base, args.out.with_suffix(".json") if args.out else None, calibration)
     t_base = time.perf_counter() - t0
     dense = bench.evaluate(YOLO(str(bench.weights)))
     tables = {}
@@ -148,6 +159,7 @@ def main():
                 continue
             recover = cfg["recover"] if name == "criteria" else None
             rows = [(label, setting) for label, setting in rows if setting["repair"] in args.repair]
+            rows = [(lb, s) for lb, s in rows if args.criteria is None or s["criterion"] in args.criteria]
             tables[name] = [(label, bench.cells(setting, recover)) for label, setting in rows]
     finally:
         shutil.rmtree(bench.project, ignore_errors=True)
@@ -155,9 +167,10 @@ def main():
     intro = (
         f"Baseline: {base.describe()}; dense validation mAP50-95 **{dense:.3f}** "
         f"({'cached' if cached else f'trained in this run, {t_base / 60:.1f} min'}). "
-        f"Pruning: `macs=` target, round_to 1, calibration on {CALIBRATION['batches']} batches of "
-        f"{CALIBRATION['batch']} training images (sensitivity on the first batch); recovery: {cfg['ft_epochs']} "
-        f"epoch(s) of NexpTrainer (no warm-up). Seeds {list(cfg['seeds'])}: mean ± half-range. "
+        f"Pruning: `macs=` target, round_to 1, calibration on {calibration['batches']} batches of "
+        f"{calibration['batch']} training images at {base.imgsz} px (sensitivity on the first batch); recovery: "
+        f"{cfg['ft_epochs']} epoch(s) of NexpTrainer (no warm-up). Seeds {list(cfg['seeds'])}: mean ± half-range. "
+        f"Validation: square inputs (rect=False), NMS time limit lifted (no figure is cut). "
         f"Pruning and one-shot validation took {seconds / 60:.1f} min of the runs in all (2 CPU cores)."
     )
     text = render(tables, dense, cfg, intro, command=f"python {' '.join(sys.argv)}", quick=args.quick)

@@ -40,8 +40,9 @@ class PruneReport:
         floored (list[str]): Layers cut down to their floor (``round_to`` channels, or 1) and no further.
         global_pruning (bool): Channels were ranked across layers rather than per group.
         macs_target (float | None): Fraction of MACs asked for.
-        seconds_scoring (float): Wall time of NEXP scoring (0 for criteria that need no data).
-        seconds_pruning (float): Wall time of allocation, repair and the structural pruning.
+        seconds_scoring (float): Wall time of the calibration pass and the criterion's scores.
+        seconds_sensitivity (float): Wall time of the sensitivity estimate (0 for other allocations).
+        seconds_surgery (float): Wall time of the rest: allocation, repair and the structural pruning.
         repair (str): How removed channels were repaired (``mean``: folded into consumers, ``none``).
         allocation (str): How channels were allocated across layers (``uniform``, ``global``, ``sensitivity``).
         bn_recal (bool): Whether BatchNorm statistics were re-estimated on the calibration images.
@@ -60,7 +61,8 @@ class PruneReport:
     global_pruning: bool = False
     macs_target: float | None = None
     seconds_scoring: float = 0.0
-    seconds_pruning: float = 0.0
+    seconds_sensitivity: float = 0.0
+    seconds_surgery: float = 0.0
     repair: str = "none"
     allocation: str = "uniform"
     bn_recal: bool = False
@@ -85,7 +87,7 @@ class PruneReport:
             f"{self.criterion} ({self.allocation}, repair {self.repair}): MACs {self.macs_before / 1e9:.3f}G -> {self.macs_after / 1e9:.3f}G "
             f"(-{self.macs_reduction:.1%}), params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
-            f"pruning {self.seconds_pruning:.1f}s"
+            f"sensitivity {self.seconds_sensitivity:.1f}s, surgery {self.seconds_surgery:.1f}s"
         )
 
 

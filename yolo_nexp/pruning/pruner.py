@@ -13,14 +13,14 @@ from yolo_nexp.arch.family import c2f_split, conv_widths, detection_model
 from yolo_nexp.pruning import allocation as alloc
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
 from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
-from yolo_nexp.pruning.sensitivity import measure
+from yolo_nexp.pruning.linear_sensitivity import estimate
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion
 
 DEFAULT_CRITERION = CRITERIA[0]
 DEFAULT_RATIO = 0.5  # ratio when neither ratio nor macs is given; configs/default.yaml's ``ratio`` (a test checks)
-SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is measured on: 3 forward passes per group each
+SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is estimated on (one forward, two backward passes)
 
 
 def check_prune_args(
@@ -101,15 +101,17 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
-def _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose) -> tuple[list, list[int]]:
-    """Groups and the width each keeps, for a ratio or a MACs target under the chosen allocation."""
+def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose) -> tuple[list, list[int], float]:
+    """Groups and the width each keeps, for a ratio or a MACs target under the chosen allocation, and the
+    seconds the sensitivity estimate took."""
     sets = linked_sets(groups, det)
     widths = alloc.removal_steps(sets, round_to)
     macs_model = MacsModel(det)
+    t0 = time.perf_counter()
     if allocation == "sensitivity":
         nc = det.model[-1].nc
         images = calib.images[:SENSITIVITY_BATCHES]
-        curves = measure(det, graph, sets, widths, calib.input_means(), images, nc, verbose=verbose)
+        curves = estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)
         order = alloc.sensitivity_order(sets, widths, curves, macs_model)
     else:
         order = alloc.global_order(sets, widths) if allocation == "global" else alloc.uniform_order(widths)
@@ -117,7 +119,7 @@ def _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose)
         n = alloc.steps_for_macs(sets, widths, order, macs, macs_model)
     else:
         n = alloc.steps_for_ratio(sets, widths, order, ratio, allocation)
-    return alloc.expand(sets, alloc.widths_after(widths, order, n))
+    return (*alloc.expand(sets, alloc.widths_after(widths, order, n)), time.perf_counter() - t0)
 
 
 def _floored(channels: dict[str, list[int]], round_to: int) -> list[str]:
@@ -200,12 +202,12 @@ def prune(
             torch.manual_seed(seed)  # the random criterion, reproducibly
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha))
         t1 = time.perf_counter()
-        groups, kept = _plan(det, graph, groups, calib, ratio, macs, allocation, round_to, verbose)
+        groups, kept, seconds_sensitivity = _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose)
         folder = MeanFolder(det, calib.input_means()) if repair == "mean" else None
         remove_channels(graph, groups, kept, before_prune=folder)
     if bn_recal:
         reestimate_batchnorm(det, calib.images)
-    seconds_pruning = time.perf_counter() - t1
+    seconds_surgery = time.perf_counter() - t1 - seconds_sensitivity
     _sync_checkpoint(model, det)
 
     macs_after, params_after = macs_and_params(det, imgsz)
@@ -225,7 +227,8 @@ def prune(
         global_pruning=allocation == "global",
         macs_target=macs,
         seconds_scoring=t1 - t0,
-        seconds_pruning=seconds_pruning,
+        seconds_sensitivity=seconds_sensitivity,
+        seconds_surgery=seconds_surgery,
         repair=repair,
         allocation=allocation,
         bn_recal=bn_recal,

@@ -1,11 +1,14 @@
 """Per-group sensitivity: how much the detector's output moves when a group loses its least important channels.
 
-Removal with the mean repair is simulated without touching the model: the consumers of the channels that
-would go receive those channels' calibration means instead (a forward pre-hook), which is what the repair
-makes of them, away from padded borders. The distortion compares the head's decoded output with the dense
-model's on the same calibration images: class probabilities everywhere (a new false positive counts as much
-as a lost detection), boxes and any task outputs (masks coefficients, keypoints, angles) weighted by the
-dense model's confidence.
+Removal with the repair is simulated without touching the model: the consumers of the channels that would go
+receive what the repair makes of them instead (a forward pre-hook; for the mean repair, the channels'
+calibration means). The distortion compares the head's decoded output with the dense model's on the same
+calibration images: class probabilities everywhere (a new false positive counts as much as a lost detection),
+boxes and any task outputs (mask coefficients, keypoints, angles) weighted by the dense model's confidence.
+
+Only the part of the network a group can change is run again: the outputs of every top-level layer on the
+measurement images are kept from one dense forward pass, and each trial starts at the first layer that holds
+one of the group's consumers (a head group runs the head alone).
 """
 
 from __future__ import annotations
@@ -22,12 +25,47 @@ from yolo_nexp.utils import mode
 FRACTIONS = (0.25, 0.5, 0.75)  # fractions of a group's channels removed when measuring it
 
 
-def head_output(model: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The decoded head output (B, 4 + nc + extra, anchors) per batch, in eval mode."""
-    with torch.no_grad(), mode(model):
-        outs = [model(x) for x in images]
-    outs = [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
-    return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]  # Segment: (decoded, prototypes)
+class LayerCache:
+    """Every top-level layer's output on some images, so that a forward pass can start at any layer.
+
+    Args:
+        model (nn.Module): An Ultralytics model (``model.model`` is its list of layers, each with ``f`` and ``i``).
+        images (list[torch.Tensor]): The batches to keep outputs for.
+    """
+
+    def __init__(self, model: nn.Module, images: list[torch.Tensor]):
+        """Run the model once on every batch, keeping each layer's output."""
+        self.model = model
+        self.layer_of = {m: i for i, layer in enumerate(model.model) for m in layer.modules()}
+        self.outputs = [self._run(x, 0, []) for x in images]
+        self.reference = [_decoded(y[-1]) for y in self.outputs]
+
+    def _run(self, x, start: int, y: list) -> list:
+        """Layer outputs from layer ``start`` on, given the outputs ``y`` of the layers before it."""
+        y = list(y[:start])
+        with torch.no_grad(), mode(self.model):
+            for layer in self.model.model[start:]:
+                if layer.f != -1:
+                    x = y[layer.f] if isinstance(layer.f, int) else [x if j == -1 else y[j] for j in layer.f]
+                elif y:
+                    x = y[-1]
+                x = layer(x)
+                y.append(x)
+        return y
+
+    def head_outputs(self, start: int) -> list[torch.Tensor]:
+        """The decoded head output per batch, rerunning the network from layer ``start``."""
+        return [_decoded(self._run(y[start - 1] if start else None, start, y)[-1]) for y in self.outputs]
+
+    def first_layer(self, convs) -> int:
+        """The first top-level layer that holds one of ``convs``."""
+        return min(self.layer_of[c] for c in convs)
+
+
+def _decoded(out) -> torch.Tensor:
+    """The decoded head output (B, 4 + nc + extra, anchors) of an eval-mode forward."""
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out[0] if isinstance(out, (tuple, list)) else out  # Segment: (decoded, prototypes)
 
 
 def distortion(out: torch.Tensor, ref: torch.Tensor, nc: int) -> float:
@@ -46,27 +84,29 @@ def distortion(out: torch.Tensor, ref: torch.Tensor, nc: int) -> float:
     return float(cls + box + extra)
 
 
-@contextmanager
-def replaced_by_means(graph, linked: list[PrunableGroup], width: int, means: dict[nn.Module, torch.Tensor]):
-    """While active, the consumers of the channels ``linked`` would lose at ``width`` receive their means."""
-    removed: dict[nn.Module, set[int]] = {}
+def removed_inputs(graph, linked: list[PrunableGroup], width: int) -> dict[nn.Conv2d, list[int]]:
+    """Per consumer conv, the input channels it loses when every group of ``linked`` is cut to ``width``."""
+    removed: dict[nn.Conv2d, set[int]] = {}
     for g in linked:
         group = graph.get_pruning_group(g.module, g.handler, g.order[: g.size - width].tolist())
         for item in group:
-            conv = item.dep.target.module
-            if item.dep.handler in IN_HANDLERS and conv in means:
-                removed.setdefault(conv, set()).update(item.idxs)
-    handles = []
-    for conv, idxs in removed.items():
-        index = torch.tensor(sorted(idxs), dtype=torch.long, device=means[conv].device)
-        value = means[conv][index].view(1, -1, 1, 1)
+            if item.dep.handler in IN_HANDLERS:
+                removed.setdefault(item.dep.target.module, set()).update(item.idxs)
+    return {conv: sorted(idxs) for conv, idxs in removed.items()}
 
-        def hook(_m, args, index=index, value=value):
-            x = args[0].clone()
-            x[:, index] = value.to(x)
-            return (x, *args[1:])
 
-        handles.append(conv.register_forward_pre_hook(hook))
+@contextmanager
+def replaced(removed: dict[nn.Conv2d, list[int]], substitute):
+    """While active, each consumer's removed input channels receive ``substitute(conv, x, index)`` instead."""
+
+    def hook(conv, args):
+        x = args[0].clone()
+        index = indices[conv]
+        x[:, index] = substitute(conv, args[0], index).to(x)
+        return (x, *args[1:])
+
+    indices = {conv: torch.tensor(idxs, dtype=torch.long) for conv, idxs in removed.items()}
+    handles = [conv.register_forward_pre_hook(hook) for conv in removed]
     try:
         yield
     finally:
@@ -74,7 +114,19 @@ def replaced_by_means(graph, linked: list[PrunableGroup], width: int, means: dic
             h.remove()
 
 
-def measure(model, graph, sets, widths, means, images, nc: int, verbose: bool = True) -> list[dict[int, float]]:
+def mean_substitute(means: dict[nn.Module, torch.Tensor]):
+    """What the mean repair makes of removed channels: their calibration means."""
+    return lambda conv, x, index: means[conv][index.to(means[conv].device)].view(1, -1, 1, 1)
+
+
+def measure_points(ws: list[int]) -> list[int]:
+    """The allowed widths nearest to each of :data:`FRACTIONS` removed, widest first."""
+    if len(ws) < 2:
+        return []
+    return sorted({min(ws[1:], key=lambda w: abs(1 - w / ws[0] - f)) for f in FRACTIONS}, reverse=True)
+
+
+def measure(model, graph, sets, widths, substitute, images, nc: int, verbose: bool = True) -> list[dict[int, float]]:
     """Per linked set, the distortion at the allowed widths nearest to each of :data:`FRACTIONS` removed.
 
     Args:
@@ -82,19 +134,22 @@ def measure(model, graph, sets, widths, means, images, nc: int, verbose: bool = 
         graph: Torch-Pruning's dependency graph of ``model``.
         sets (list[list[PrunableGroup]]): Linked sets of groups, their channel order already set.
         widths (list[list[int]]): Allowed widths of each set, widest first.
-        means (dict[nn.Conv2d, torch.Tensor]): Calibration mean of every conv input channel.
+        substitute: ``substitute(conv, x, index)``, what a consumer receives for its removed input channels.
         images (list[torch.Tensor]): Calibration batches to measure on.
         nc (int): Number of classes of the head.
         verbose (bool): Show a progress bar.
     """
-    reference = head_output(model, images)
+    cache = LayerCache(model, images)
     results = []
     for linked, ws in TQDM(list(zip(sets, widths)), desc="sensitivity", disable=not verbose):
-        points = {min(ws[1:], key=lambda w: abs(1 - w / ws[0] - f)) for f in FRACTIONS} if len(ws) > 1 else set()
         curve = {}
-        for w in sorted(points, reverse=True):
-            with replaced_by_means(graph, linked, w, means):
-                outs = head_output(model, images)
-            curve[w] = sum(distortion(o, r, nc) for o, r in zip(outs, reference)) / len(outs)
+        for w in measure_points(ws):
+            removed = removed_inputs(graph, linked, w)
+            if not removed:
+                curve[w] = 0.0
+                continue
+            with replaced(removed, substitute):
+                outs = cache.head_outputs(cache.first_layer(removed))
+            curve[w] = sum(distortion(o, r, nc) for o, r in zip(outs, cache.reference)) / len(outs)
         results.append(curve)
     return results

@@ -1,0 +1,130 @@
+"""Sensitivity of every group at every width from a few backward passes: a first-order (Gauss-Newton) estimate.
+
+Measuring each group's distortion (:mod:`yolo_nexp.pruning.sensitivity`) costs forward passes per group and
+width. To first order, replacing a consumer's input channels ``j`` by their means moves the head output by
+``J delta`` with ``delta_j = mean_j - x_j`` and ``J`` the Jacobian of the output with respect to that input,
+so the distortion (a weighted squared error) is ``|| W^1/2 J delta ||^2``. Its expectation under a random
+projection ``v ~ N(0, I)`` of the output is ``(v^T W^1/2 J delta)^2 = (u . delta)^2`` with ``u = J^T W^1/2 v``,
+which one backward pass gives at every consumer at once. So per image and projection each group channel ``c``
+gets a scalar ``t[c] = sum over its consumers and positions of u * delta``, and the distortion of removing
+any set ``R`` of channels is estimated by ``(sum_{c in R} t[c])^2`` averaged over images and projections:
+every width of every group from the same passes, and of several groups together (cross terms included).
+
+Cost: one forward and ``projections`` backward passes on the measurement images. The estimate is exact for a
+linear network and ranks groups as the measured distortion does where the network is close to linear around
+the cut; ``benchmarks/prune_cost.py`` compares the two on a real model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from ultralytics.utils import TQDM
+
+from yolo_nexp.pruning.groups import IN_HANDLERS, PrunableGroup
+from yolo_nexp.utils import mode
+
+
+def _output_weights(ref: torch.Tensor, nc: int) -> torch.Tensor:
+    """Per-element weights whose weighted squared error, summed, is :func:`sensitivity.distortion` per image."""
+    anchors = ref.shape[-1]
+    conf = ref[:, 4 : 4 + nc].max(1, keepdim=True).values
+    size = ref[:, 2:4].pow(2).sum(1, keepdim=True).clamp(min=1.0)
+    w = torch.ones_like(ref)
+    w[:, :4] = conf / size
+    if ref.shape[1] > 4 + nc:
+        spread = ref[:, 4 + nc :].var((0, 2), keepdim=True).clamp(min=1e-6)
+        w[:, 4 + nc :] = conf / (spread * (ref.shape[1] - 4 - nc))
+    return w / anchors
+
+
+def _consumers(groups: list[PrunableGroup]) -> dict[nn.Conv2d, list[tuple[int, int, int]]]:
+    """Per consumer conv: (group index, input channel, group channel) for every group channel it reads."""
+    reads = {}
+    for i, g in enumerate(groups):
+        for item in g.group:
+            if item.dep.handler in IN_HANDLERS and isinstance(item.dep.target.module, nn.Conv2d):
+                for idx, root in zip(item.idxs, item.root_idxs):
+                    reads.setdefault(item.dep.target.module, []).append((i, idx, root))
+    return reads
+
+
+def channel_effects(model, groups, means, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per group, ``t`` of shape (samples, group channels): the first-order output change of removing each channel.
+
+    Args:
+        model (nn.Module): The (split) detection model, unpruned.
+        groups (list[PrunableGroup]): The prunable groups.
+        means (dict[nn.Conv2d, torch.Tensor]): Calibration mean of every conv input channel.
+        images (list[torch.Tensor]): Batches to estimate on.
+        nc (int): Number of classes of the head.
+        projections (int): Random output projections (backward passes) per batch.
+        seed (int): Seed of the projections.
+        verbose (bool): Show a progress bar.
+    """
+    reads = _consumers(groups)
+    index = {
+        conv: (torch.tensor([r[0] for r in rs]), torch.tensor([r[1] for r in rs]), torch.tensor([r[2] for r in rs]))
+        for conv, rs in reads.items()
+    }
+    sizes = [g.size for g in groups]
+    effects = [[] for _ in groups]
+    gen = torch.Generator().manual_seed(seed)
+    saved: dict[nn.Conv2d, torch.Tensor] = {}
+
+    def pre_hook(conv, args):
+        x = args[0].view_as(args[0])  # a node of its own: its gradient comes from this consumer only
+        saved[conv] = x
+        x.retain_grad()
+        return (x, *args[1:])
+
+    handles = [conv.register_forward_pre_hook(pre_hook) for conv in reads]
+    params = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with mode(model), torch.enable_grad():
+            for batch in TQDM(images, desc="sensitivity", disable=not verbose):
+                x = batch.detach().clone().requires_grad_(True)
+                out = model(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                weights = _output_weights(out.detach(), nc).sqrt()
+                for k in range(projections):
+                    for t in saved.values():
+                        t.grad = None
+                    v = torch.randn(out.shape, generator=gen).to(out)
+                    (out * weights * v).sum().backward(retain_graph=k < projections - 1)
+                    per_group = [torch.zeros(batch.shape[0], size) for size in sizes]
+                    for conv, t in saved.items():
+                        delta = means[conv].to(t).view(1, -1, 1, 1) - t.detach()
+                        s = (t.grad * delta).sum((2, 3)).float().cpu()  # (B, input channels)
+                        group_idx, ch, root = index[conv]
+                        for i in group_idx.unique().tolist():
+                            sel = group_idx == i
+                            per_group[i].index_add_(1, root[sel], s[:, ch[sel]])
+                    for i, e in enumerate(per_group):
+                        effects[i].append(e)
+                saved.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in params.items():
+            p.requires_grad_(flag)
+    return [torch.cat(e) for e in effects]
+
+
+def estimate(model, sets, widths, means, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per linked set, the estimated distortion at every allowed width (same form as ``sensitivity.measure``).
+
+    The groups of a set lose their least important channels together, so their effects add before squaring.
+    """
+    groups = [g for linked in sets for g in linked]
+    effects = iter(channel_effects(model, groups, means, images, nc, projections, seed, verbose))
+    curves = []
+    for linked, ws in zip(sets, widths):
+        # cumulative effect of removing the first r channels of each group's order, r = 0 .. size
+        cum = sum(torch.nn.functional.pad(torch.cumsum(next(effects)[:, g.order], 1), (1, 0)) for g in linked)
+        d = cum.pow(2).mean(0)
+        curves.append({w: float(d[ws[0] - w]) for w in ws[1:]})
+    return curves
