@@ -85,6 +85,7 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
             p.requires_grad_(False)
         with mode(model), torch.enable_grad():
             for batch in TQDM(images, desc="sensitivity", disable=not verbose):
+                model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
                 x = batch.detach().clone().requires_grad_(True)
                 out = model(x)
                 out = out[0] if isinstance(out, (tuple, list)) else out

@@ -17,6 +17,7 @@ from ultralytics import YOLO
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
+from yolo_nexp.checkpoints.loader import load, read_checkpoint
 from yolo_nexp.pruning.pruner import prune_kwargs
 from yolo_nexp.scoring.sources import image_files
 from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
@@ -119,10 +120,30 @@ def schedule(plugin: dict, epochs: int) -> NexpPruneCallback:
     return NexpPruneCallback(**kwargs, steps=plugin["steps"], every=every(epochs, plugin["steps"]), first_step=2)
 
 
+def _floor_best_fitness(floor: float):
+    """A callback making ``floor`` the fitness an epoch must beat to be saved as ``best.pt``."""
+
+    def set_floor(trainer) -> None:
+        trainer.best_fitness = max(trainer.best_fitness or 0.0, floor)
+
+    return set_floor
+
+
 def finetune(
-    yolo: YOLO, overrides: dict, save_dir: Path, plugin: dict, data: dict, teacher=None, labels=True, gradual=None
+    yolo: YOLO,
+    overrides: dict,
+    save_dir: Path,
+    plugin: dict,
+    data: dict,
+    teacher=None,
+    labels=True,
+    gradual=None,
+    floor: float | None = None,
 ):
     """Fine-tune with the task's keep-pruned trainer in ``save_dir``; on Ctrl-C, leave a ``weights/last.pt`` that loads.
+
+    With ``floor`` (the pruned model's fitness) an epoch becomes ``best.pt`` only if it validates better than the
+    pruned model did; if none does, ``best.pt`` is the pruned model, and ``yolo`` holds it again.
 
     Args:
         yolo (YOLO): The pruned model.
@@ -133,6 +154,12 @@ def finetune(
         teacher (nn.Module | None): The dense model; with ``distill > 0`` it is written to the run folder first.
         labels (bool): Whether the data has labels (without, the model recovers from the teacher alone).
         gradual (NexpPruneCallback | None): Further pruning steps during training.
+        floor (float | None): Ultralytics' fitness of the pruned model's validation (``metrics.fitness``); ignored
+            with gradual steps, whose later steps change the model.
+
+    Returns:
+        (tuple): The trainer's final metrics, or None when no epoch beat the pruned model; and ``"epoch N"`` or
+            ``"pruned"``, which model ``best.pt`` holds.
     """
     weights = save_dir / "weights"
     if plugin["distill"] > 0 and teacher is not None:
@@ -141,8 +168,10 @@ def finetune(
         overrides = {**overrides, "data": unlabelled_train_split(data, save_dir)}
     if gradual is not None:
         gradual.register(yolo)
+    elif floor is not None:
+        yolo.add_callback("on_pretrain_routine_end", _floor_best_fitness(floor))
     try:
-        return yolo.train(
+        metrics = yolo.train(
             trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
         )
     except KeyboardInterrupt:
@@ -150,6 +179,17 @@ def finetune(
             atomic_write(weights / "last.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
         LOGGER.warning(f"yolo-nexp: interrupted; {weights / 'last.pt'} holds the pruned model.")
         raise
+    if (weights / "best.pt").is_file():
+        return metrics, f"epoch {_best_epoch(save_dir)}"
+    atomic_write(weights / "best.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
+    LOGGER.warning("yolo-nexp: no epoch of recovery beat the pruned model; best.pt holds the pruned model.")
+    yolo.model = load(weights / "best.pt").model
+    return None, "pruned"
+
+
+def _best_epoch(save_dir: Path) -> int:
+    """The epoch (1-based) whose weights ``best.pt`` holds."""
+    return int(read_checkpoint(save_dir / "weights" / "best.pt").get("epoch", -1)) + 1
 
 
 def recovery_curve(save_dir: Path) -> list[dict]:

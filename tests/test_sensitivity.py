@@ -1,0 +1,51 @@
+"""Sensitivity: the first-order estimate the allocation uses, against the measured distortion it stands for."""
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+from ultralytics import YOLO
+
+from yolo_nexp.arch.family import c2f_split, detection_model
+from yolo_nexp.pruning import allocation as alloc
+from yolo_nexp.pruning.groups import build_graph, linked_sets, prunable_groups
+from yolo_nexp.pruning.linear_sensitivity import estimate
+from yolo_nexp.pruning.pruner import _rank
+from yolo_nexp.pruning.sensitivity import mean_substitute, measure, measure_points
+from yolo_nexp.scoring.calibration import calibrate
+from yolo_nexp.scoring.criteria import build_importance
+from yolo_nexp.testing import informative
+
+
+@pytest.fixture(scope="module")
+def both():
+    """Allowed widths, estimated and measured distortion of every linked set of an input-dependent yolov8n."""
+    det = detection_model(informative(YOLO("yolov8n.yaml"), imgsz=64))
+    with c2f_split(det):
+        calib = calibrate(det, "noise", 2, 64, 4, 0, inputs=True, keep_images=1, verbose=False)
+        graph = build_graph(det)
+        groups = _rank(prunable_groups(graph, det), build_importance("l1", det, calib))
+        sets = linked_sets(groups, det)
+        widths = alloc.removal_steps(sets, 1)
+        nc, means = det.model[-1].nc, calib.input_means()
+        lin = estimate(det, sets, widths, means, calib.images, nc, projections=4, verbose=False)
+        mea = measure(det, graph, sets, widths, mean_substitute(means), calib.images, nc, verbose=False)
+    return widths, lin, mea
+
+
+def test_estimate_ranks_groups_as_the_measured_distortion_does(both):
+    widths, lin, mea = both
+    for ws, curve in zip(widths, lin):
+        assert set(curve) == set(ws[1:])  # every allowed width has an estimate
+    w25 = [measure_points(ws)[0] for ws in widths]
+    a = [m[w] for m, w in zip(mea, w25)]
+    b = [e[w] for e, w in zip(lin, w25)]
+    assert spearmanr(a, b).correlation > 0.6, spearmanr(a, b)
+    shuffled = torch.tensor(b)[torch.randperm(len(b), generator=torch.Generator().manual_seed(0))].tolist()
+    assert spearmanr(a, shuffled).correlation < 0.5  # the check can fail
+
+
+def test_estimate_grows_with_the_channels_removed(both):
+    _, lin, _ = both
+    for curve in lin:
+        values = [curve[w] for w in sorted(curve, reverse=True)]
+        assert values[-1] >= values[0]  # removing all but one channel costs at least as much as removing one
