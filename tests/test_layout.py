@@ -23,3 +23,9 @@ def test_tests_do_not_import_benchmarks():
         for p in (ROOT / "tests").glob("*.py")
     }
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_no_citations_of_a_design_file_that_is_not_here():
+    files = [*(ROOT / "yolo_nexp").rglob("*.py"), ROOT / "README.md"]
+    assert not (ROOT / "DESIGN.md").exists()
+    assert [str(f.relative_to(ROOT)) for f in files if "DESIGN.md" in f.read_text()] == []

@@ -12,8 +12,9 @@ from ultralytics.utils import LOGGER
 from yolo_nexp.arch.family import c2f_split, conv_widths, detection_model
 from yolo_nexp.pruning import allocation as alloc
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
-from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
 from yolo_nexp.pruning.linear_sensitivity import estimate
+from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
+from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion
@@ -167,7 +168,8 @@ def prune(
         macs (float | None): Instead of ``ratio``: the fraction of MACs to remove (reached within one step).
         seed (int): Seed for calibration sampling, noise and the ``random`` criterion.
         verbose (bool): Log progress and a summary.
-        repair (str): ``mean`` folds each removed channel's calibration mean into its consumers; ``none`` does not.
+        repair (str): ``mean`` folds each removed channel's calibration mean into its consumers; ``lsq`` first
+            predicts it from the channels the consumer keeps (least squares) and folds that in; ``none`` does neither.
         allocation (str): How many channels each group loses: ``uniform``, ``global`` or ``sensitivity``.
         bn_recal (bool): Re-estimate BatchNorm statistics on the calibration images after pruning.
 
@@ -192,10 +194,10 @@ def prune(
     with c2f_split(det):
         need = NEEDS.get(criterion)
         calib = None
-        if need or repair == "mean" or allocation == "sensitivity" or bn_recal:
+        if need or repair != "none" or allocation == "sensitivity" or bn_recal:
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
-            inputs = need == "inputs" or repair == "mean" or allocation == "sensitivity"  # the input means
-            flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs)
+            inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
+            flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=repair == "lsq")
             calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
         graph = build_graph(det)
         with torch.random.fork_rng(devices=[]):
@@ -203,7 +205,11 @@ def prune(
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose)
-        folder = MeanFolder(det, calib.input_means()) if repair == "mean" else None
+        folders = {
+            "mean": lambda: MeanFolder(det, calib.input_means()),
+            "lsq": lambda: LeastSquaresFolder(det, calib.cross),
+        }
+        folder = folders[repair]() if repair in folders else None
         remove_channels(graph, groups, kept, before_prune=folder)
     if bn_recal:
         reestimate_batchnorm(det, calib.images)

@@ -22,7 +22,7 @@ from yolo_nexp.arch.family import bn_of_conv
 from yolo_nexp.pruning.groups import IN_HANDLERS
 from yolo_nexp.utils import mode
 
-REPAIRS = ("mean", "none")
+REPAIRS = ("mean", "lsq", "none")  # lsq: yolo_nexp.pruning.lsq_repair
 
 
 class MeanFolder:
@@ -86,5 +86,5 @@ def check_repair(repair: str) -> None:
     """Raise ValueError naming the choices if ``repair`` is unknown."""
     if repair not in REPAIRS:
         raise ValueError(
-            f"repair: unknown '{repair}', choose one of {', '.join(REPAIRS)} (mean folds removed channels' means into their consumers)."
+            f"repair: unknown '{repair}', choose one of {', '.join(REPAIRS)} (mean folds removed channels' means into their consumers, lsq predicts them from the kept channels)."
         )

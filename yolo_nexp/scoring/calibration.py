@@ -8,6 +8,7 @@ so memory does not grow with the number of images:
 - ``spread``: mean and squared deviations per (channel, position) over images (continuous NEXP);
 - ``inputs``: mean and variance per input channel of every ``nn.Conv2d`` (what a removed channel
   feeds its consumers: the repair folds the mean, the ``nexp_use`` criterion weighs the variance);
+- ``cross``: the channel covariance of every ``nn.Conv2d``'s input (the least-squares repair);
 - ``images``: the first batches themselves, for allocation by sensitivity and BatchNorm re-estimation.
 """
 
@@ -59,6 +60,33 @@ class Moments:
         return self.m2 / max(self.n - 1, 1)
 
 
+class CrossMoments:
+    """Streaming mean and covariance of the channels of a (B, C, H, W) input, over images and positions.
+
+    Per batch one (C, C) product in float32, summed in float64: what the least-squares repair regresses on.
+    """
+
+    def __init__(self):
+        """Start empty."""
+        self.n, self.sum, self.outer = 0, None, None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch."""
+        flat = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)
+        s, o = flat.sum(1).double(), (flat @ flat.T).double()
+        self.sum, self.outer = (s, o) if self.sum is None else (self.sum + s, self.outer + o)
+        self.n += flat.shape[1]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Covariance (biased: the positions are many)."""
+        return self.outer / self.n - torch.outer(self.mean, self.mean)
+
+
 def _expand(stat: torch.Tensor, x: torch.Tensor, reduce: tuple[int, ...]) -> torch.Tensor:
     shape = [1 if d in reduce else s for d, s in enumerate(x.shape)]
     return stat.reshape(shape)
@@ -71,6 +99,7 @@ class Calibration:
     firing: dict[str, FiringCounter] = field(default_factory=dict)
     spread: dict[str, Moments] = field(default_factory=dict)
     inputs: dict[nn.Conv2d, Moments] = field(default_factory=dict)
+    cross: dict[nn.Conv2d, CrossMoments] = field(default_factory=dict)
     images: list[torch.Tensor] = field(default_factory=list)
     n_images: int = 0
 
@@ -88,12 +117,12 @@ def _hook_outputs(stack: ExitStack, blocks: dict[str, nn.Module], make) -> dict[
     return recorders
 
 
-def _hook_inputs(stack: ExitStack, model: nn.Module) -> dict[nn.Conv2d, Moments]:
-    """Per-input-channel moments of every ``nn.Conv2d`` (over images and positions)."""
+def _hook_inputs(stack: ExitStack, model: nn.Module, make=lambda: Moments(reduce=(0, 2, 3))) -> dict[nn.Conv2d, object]:
+    """Per-input-channel moments of every ``nn.Conv2d`` (over images and positions); ``make()`` is the recorder."""
     recorders = {}
     for conv in model.modules():
         if isinstance(conv, nn.Conv2d):
-            recorders[conv] = rec = Moments(reduce=(0, 2, 3))
+            recorders[conv] = rec = make()
             handle = conv.register_forward_pre_hook(lambda _m, args, r=rec: r.update(args[0]))
             stack.callback(handle.remove)
     return recorders
@@ -109,6 +138,7 @@ def calibrate(
     firing: bool = False,
     spread: bool = False,
     inputs: bool = False,
+    cross: bool = False,
     keep_images: int = 0,
     verbose: bool = True,
 ) -> Calibration:
@@ -124,6 +154,7 @@ def calibrate(
         firing (bool): Record binary firing counts of every ``Conv`` block (NEXP).
         spread (bool): Record per-position moments of every ``Conv`` block (continuous NEXP).
         inputs (bool): Record per-input-channel moments of every ``nn.Conv2d`` (repair, use criteria).
+        cross (bool): Record the channel covariance of every ``nn.Conv2d``'s input (the least-squares repair).
         keep_images (int): Keep up to this many batches of images for later passes.
         verbose (bool): Show a progress bar.
 
@@ -140,6 +171,8 @@ def calibrate(
             calib.spread = _hook_outputs(stack, blocks, lambda: Moments(reduce=(0,)))
         if inputs:
             calib.inputs = _hook_inputs(stack, model)
+        if cross:
+            calib.cross = _hook_inputs(stack, model, CrossMoments)
         stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
         for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
             images = images.to(param.device, param.dtype)
@@ -163,7 +196,7 @@ def score(
     seed: int = 0,
     verbose: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Score every prunable conv block's output channels by NEXP (the binary score of DESIGN.md section 1).
+    """Score every prunable conv block's output channels by NEXP (the binary score: mean over positions of 2k(N-k) / (N(N-1)), k the images that fire).
 
     Args:
         model (ultralytics.YOLO | nn.Module): The model; a ``YOLO`` object is unwrapped to its detection model.

@@ -18,7 +18,7 @@ from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
 from yolo_nexp.checkpoints.loader import load, read_checkpoint
-from yolo_nexp.pruning.pruner import prune_kwargs
+from yolo_nexp.pruning.pruner import DEFAULT_RATIO, prune_kwargs
 from yolo_nexp.scoring.sources import image_files
 from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
 from yolo_nexp.training.distill import save_teacher
@@ -66,7 +66,7 @@ def first_step(kwargs: dict, steps: int) -> dict:
     if steps <= 1:
         return kwargs
     key = "macs" if kwargs.get("macs") is not None else "ratio"
-    return {**kwargs, key: step_fraction(0.5 if kwargs.get(key) is None else kwargs[key], 1, steps)}
+    return {**kwargs, key: step_fraction(DEFAULT_RATIO if kwargs.get(key) is None else kwargs[key], 1, steps)}
 
 
 def recovery_report(save_dir: Path, plugin: dict, labels: bool, stages: dict, gradual=None) -> dict:
