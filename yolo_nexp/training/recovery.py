@@ -17,7 +17,7 @@ from ultralytics import YOLO
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
-from yolo_nexp.checkpoints.loader import load, read_checkpoint
+from yolo_nexp.checkpoints.loader import load
 from yolo_nexp.pruning.pruner import DEFAULT_RATIO, prune_kwargs
 from yolo_nexp.scoring.sources import image_files
 from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
@@ -83,7 +83,9 @@ def recovery_report(save_dir: Path, plugin: dict, labels: bool, stages: dict, gr
 def curve_line(recovery: dict) -> str:
     """One line of the printed summary: mAP50-95 per epoch of recovery."""
     points = ", ".join(f"{c['epoch']}: {c['map']:.4f}" for c in recovery["curve"]) or "not validated per epoch"
-    return f"recovery ({recovery['method']}), mAP50-95 per epoch: {points}"
+    best = recovery.get("best", "")
+    kept = "the pruned model (no epoch beat it)" if best == "pruned" else best
+    return f"recovery ({recovery['method']}), mAP50-95 per epoch: {points}" + (f"; best.pt: {kept}" if best else "")
 
 
 def unlabelled_train_split(data: dict, save_dir: Path) -> str:
@@ -170,6 +172,12 @@ def finetune(
         gradual.register(yolo)
     elif floor is not None:
         yolo.add_callback("on_pretrain_routine_end", _floor_best_fitness(floor))
+    best = {}
+    def note_best(trainer) -> None:  # final_eval calls this once more, at epoch ``epochs``: not an epoch
+        if trainer.epoch < trainer.epochs and trainer.fitness == trainer.best_fitness:
+            best["epoch"] = trainer.epoch + 1
+
+    yolo.add_callback("on_fit_epoch_end", note_best)
     try:
         metrics = yolo.train(
             trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True
@@ -180,16 +188,11 @@ def finetune(
         LOGGER.warning(f"yolo-nexp: interrupted; {weights / 'last.pt'} holds the pruned model.")
         raise
     if (weights / "best.pt").is_file():
-        return metrics, f"epoch {_best_epoch(save_dir)}"
+        return metrics, f"epoch {best.get('epoch', '?')}"
     atomic_write(weights / "best.pt", lambda tmp: shutil.copyfile(weights / "pruned.pt", tmp))
     LOGGER.warning("yolo-nexp: no epoch of recovery beat the pruned model; best.pt holds the pruned model.")
     yolo.model = load(weights / "best.pt").model
     return None, "pruned"
-
-
-def _best_epoch(save_dir: Path) -> int:
-    """The epoch (1-based) whose weights ``best.pt`` holds."""
-    return int(read_checkpoint(save_dir / "weights" / "best.pt").get("epoch", -1)) + 1
 
 
 def recovery_curve(save_dir: Path) -> list[dict]:

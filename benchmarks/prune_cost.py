@@ -1,0 +1,90 @@
+"""Cost of the whole prune step against plain forward passes of the same calibration images, in one run.
+
+For each scale (a yolov8 built from its yaml: timing does not depend on the weights), the calibration images
+(noise, ``--images`` of them in batches of 16 at ``--imgsz``) are first run through the model once, timed, then
+``yolo_nexp.prune`` runs with its defaults (``nexp_use``, sensitivity allocation, mean repair) on the same
+images to a MACs target, and its report splits the seconds into scoring (calibration pass and scores),
+sensitivity and surgery (allocation, repair, structural pruning). The ratio is whole step / forward passes.
+
+Usage:
+    python benchmarks/prune_cost.py --scales n s m --out benchmarks/results/prune_cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import publish  # noqa: E402
+
+BATCH = 16
+
+
+def measure(scale: str, images: int, imgsz: int, macs: float) -> dict:
+    """Seconds of plain forward passes and of each part of the prune step, for one scale."""
+    from ultralytics import YOLO
+
+    import yolo_nexp
+    from yolo_nexp.scoring.sources import calibration_batches
+
+    yolo = YOLO(f"yolov8{scale}.yaml")
+    model = yolo.model.eval()
+    batches = images // BATCH
+    with torch.inference_mode():
+        model(next(iter(calibration_batches("noise", batches=1, imgsz=imgsz, batch=BATCH, seed=1))))  # warm-up
+        t = time.perf_counter()
+        for x in calibration_batches("noise", batches=batches, imgsz=imgsz, batch=BATCH):
+            model(x)
+        forward = time.perf_counter() - t
+    t = time.perf_counter()
+    report = yolo_nexp.prune(yolo, macs=macs, source="noise", batches=batches, imgsz=imgsz, batch=BATCH, verbose=False)
+    total = time.perf_counter() - t
+    return {
+        "forward": forward,
+        "scoring": report.seconds_scoring,
+        "sensitivity": report.seconds_sensitivity,
+        "surgery": report.seconds_surgery,
+        "total": total,
+        "cut": report.macs_reduction,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", nargs="+", default=["n", "s", "m"])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--macs", type=float, default=0.25)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    lines = [
+        "# Prune step cost against plain forward passes",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
+        f"torch {torch.__version__}. {args.images} noise images at {args.imgsz} px in batches of {BATCH}; "
+        f"`yolo_nexp.prune(macs={args.macs})` with the defaults (sensitivity on the first batch).",
+        "",
+        "| model | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) | whole / forward | MACs cut |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scale in args.scales:
+        r = measure(scale, args.images, args.imgsz, args.macs)
+        lines.append(
+            f"| yolov8{scale} | {r['forward']:.1f} | {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
+            f"| {r['total']:.1f} | {r['total'] / r['forward']:.2f}x | {r['cut']:.1%} |"
+        )
+        print(lines[-1], flush=True)
+    publish("\n".join(lines) + "\n", args.out)
+
+
+if __name__ == "__main__":
+    main()
