@@ -108,12 +108,12 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
         "criteria": [
             (f"{c} / repair {r}", {"criterion": c, "repair": r, "allocation": "sensitivity"})
             for c in CRITERIA
-            for r in ("mean", "none")
+            for r in ("lsq", "mean", "none")
         ],
         "uniform": [
             (f"{c} / repair {r}", {"criterion": c, "repair": r, "allocation": "uniform"})
             for c in CRITERIA
-            for r in ("mean", "none")
+            for r in ("lsq", "mean", "none")
         ],
         "allocation": [
             (f"{c} / {a}", {"criterion": c, "repair": "mean", "allocation": a})
@@ -138,7 +138,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny data and one seed: a smoke run of minutes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", nargs="+", default=list(settings()), help="which tables to run (default: all)")
-    ap.add_argument("--repair", nargs="+", default=["mean", "none"], help="which repair rows to run (default: both)")
+    ap.add_argument("--repair", nargs="+", default=["lsq", "mean", "none"], help="which repair rows to run (default: all)")
     args = ap.parse_args()
     real = args.model == RealModel.model
     cfg = REAL if real else QUICK if args.quick else FULL

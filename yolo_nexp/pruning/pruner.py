@@ -31,7 +31,7 @@ def check_prune_args(
     alpha: float = 0.5,
     round_to: int = 8,
     batches: int = 4,
-    repair: str = "mean",
+    repair: str = "lsq",
     allocation: str = "sensitivity",
     bn_recal: bool = False,
     global_pruning: bool = False,
@@ -142,7 +142,7 @@ def prune(
     macs: float | None = None,
     seed: int = 0,
     verbose: bool = True,
-    repair: str = "mean",
+    repair: str = "lsq",
     allocation: str = "sensitivity",
     bn_recal: bool = False,
 ) -> PruneReport:
