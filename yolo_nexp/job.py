@@ -22,7 +22,8 @@ from yolo_nexp.export import export
 from yolo_nexp.pruning.pruner import prune, prune_kwargs
 from yolo_nexp.report import macs_and_params, plot_channels, save_json, stage_table
 from yolo_nexp.scoring.sources import image_files
-from yolo_nexp.synthetic.dataset import make_dataset
+from yolo_nexp.synthetic import demo
+from yolo_nexp.synthetic.dataset import SYNTHETIC_VERSION, make_dataset
 from yolo_nexp.training.recovery import (
     check_recovery,
     curve_line,
@@ -33,8 +34,6 @@ from yolo_nexp.training.recovery import (
     schedule,
 )
 from yolo_nexp.utils import atomic_write, first_line
-
-SYNTHETIC_VERSION = 1  # bump when the generator changes, so caches are rebuilt
 
 
 def cache_dir() -> Path:
@@ -156,10 +155,12 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
 
     Args:
         plugin (dict): The plugin's arguments (see ``configs/default.yaml``).
-        overrides (dict): Ultralytics arguments (data, epochs, imgsz, batch, device, project, name, ...).
+        overrides (dict): Ultralytics arguments (model, data, epochs, imgsz, batch, device, project, name, ...); no
+            model, or ``demo``: the demo model (:mod:`yolo_nexp.synthetic.demo`).
         command (str): The command line, recorded in the report.
     """
     t_start = time.perf_counter()
+    overrides = demo.resolve(overrides, cache_dir())  # no model given: the demo model (trained once) and its settings
     overrides = {"imgsz": 640, "batch": 16, "seed": 0, **overrides}
     model_arg = str(overrides.pop("model"))
     model_path = check_model_file(model_arg, trust=plugin["trust"])
@@ -231,6 +232,6 @@ def run_export(plugin: dict, overrides: dict) -> dict:
     model = check_model_file(str(overrides.pop("model")), trust=plugin["trust"])
     if model.suffix != ".pt":
         raise ValueError(f"model: export needs a .pt checkpoint, got '{model}'.")
-    detection_model(load(model, trust=plugin["trust"]))  # a YOLOv8 detection model, or a clear error
+    detection_model(load(model, trust=plugin["trust"]))  # YOLOv8/YOLO11 detect, segment, pose or obb, or a clear error
     kwargs = {k: v for k, v in overrides.items() if k not in ("data", "epochs", "plots")}  # prune-mode defaults
     return export(model, trust=plugin["trust"], **{"format": "onnx", "imgsz": 640, **kwargs})

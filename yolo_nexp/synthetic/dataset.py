@@ -27,6 +27,7 @@ from yolo_nexp.synthetic.shapes import SHAPES, corners, extent, outline, place
 TASKS = ("detect", "segment", "pose", "obb")
 KPT_SHAPE = [4, 3]  # pose: four keypoints (x, y, visibility)
 FLIP_IDX = [1, 0, 3, 2]  # a left-right flip swaps top-left/top-right and bottom-right/bottom-left
+SYNTHETIC_VERSION = 1  # bump when the generator changes, so cached datasets (and models trained on them) are rebuilt
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -78,13 +79,15 @@ def _colour(rng: np.random.Generator, cls: int, nc: int) -> tuple[int, ...]:
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
-def _image(rng: np.random.Generator, size: int, nc: int, max_objects: int) -> tuple[np.ndarray, list[str]]:
-    """One image and its YOLO label lines."""
+def _image(
+    rng: np.random.Generator, size: int, nc: int, max_objects: int, sizes: tuple[float, float] = (0.05, 0.6)
+) -> tuple[np.ndarray, list[str]]:
+    """One image and its YOLO label lines; object sides are drawn in ``sizes`` (fractions of the image side)."""
     img = _background(rng, size)
     lines = []
     for _ in range(rng.integers(1, max_objects + 1)):
         cls = int(rng.integers(0, nc))
-        w, h = (rng.uniform(0.05, 0.6, 2) * size).astype(int).clip(6, size - 2)
+        w, h = (rng.uniform(*sizes, 2) * size).astype(int).clip(6, size - 2)
         x1, y1 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
         _draw(img, SHAPES[cls % len(SHAPES)], (x1, y1, x1 + w, y1 + h), _colour(rng, cls, nc))
         lines.append(f"{cls} {(x1 + w / 2) / size:.6f} {(y1 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
@@ -147,6 +150,7 @@ def make_dataset(
     seed: int = 0,
     max_objects: int = 6,
     task: str = "detect",
+    sizes: tuple[float, float] = (0.05, 0.6),
 ) -> Path:
     """Write the dataset under ``root`` (atomically: built in a temporary folder, then renamed) and return its yaml.
 
@@ -162,6 +166,8 @@ def make_dataset(
         max_objects (int): Most objects per image.
         task (str): Labels for ``detect`` (boxes), ``segment`` (polygons), ``pose`` (boxes and four keypoints) or
             ``obb`` (rotated boxes); see the module docstring.
+        sizes (tuple[float, float]): Range of an object's width and height, as fractions of the image side
+            (``detect`` only; the same seed draws the same images for any range, only their objects' sizes differ).
 
     Returns:
         (Path): The data yaml, usable as Ultralytics ``data=``.
@@ -181,7 +187,7 @@ def make_dataset(
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(n):
                 if task == "detect":  # the original generator, draw for draw (cached datasets stay valid)
-                    img, lines = _image(rng, imgsz, nc, max_objects)
+                    img, lines = _image(rng, imgsz, nc, max_objects, tuple(sizes))
                 else:
                     img, lines = _task_image(rng, imgsz, nc, max_objects, task)
                 suffix = ".jpg" if task == "detect" else ".png"  # lossless where labels are exact to the pixel
