@@ -14,6 +14,7 @@ so memory does not grow with the number of images:
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -60,10 +61,15 @@ class Moments:
         return self.m2 / max(self.n - 1, 1)
 
 
+MAX_POSITIONS = 16384  # (image, position) samples per batch the covariance of a conv's input is read on
+
+
 class CrossMoments:
     """Streaming mean and covariance of the channels of a (B, C, H, W) input, over images and positions.
 
-    Per batch one (C, C) product in float32, summed in float64: what the least-squares repair regresses on.
+    Per batch one (C, C) product in float32, summed in float64: what the least-squares repair regresses on. Large
+    maps are read on a regular grid of at most :data:`MAX_POSITIONS` positions per batch: a regression of one
+    channel on the others needs far fewer samples than a high-resolution map has, and the cost stays bounded.
     """
 
     def __init__(self):
@@ -72,6 +78,8 @@ class CrossMoments:
 
     def update(self, x: torch.Tensor) -> None:
         """Add one batch."""
+        step = math.ceil(math.sqrt(x.shape[0] * x.shape[2] * x.shape[3] / MAX_POSITIONS))
+        x = x[:, :, ::step, ::step] if step > 1 else x
         flat = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)
         s, o = flat.sum(1).double(), (flat @ flat.T).double()
         self.sum, self.outer = (s, o) if self.sum is None else (self.sum + s, self.outer + o)
