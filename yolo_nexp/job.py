@@ -34,6 +34,7 @@ from yolo_nexp.training.recovery import (
     schedule,
 )
 from yolo_nexp.utils import atomic_write, first_line
+from yolo_nexp.validation import uncut_nms
 
 
 def cache_dir() -> Path:
@@ -135,6 +136,7 @@ def _stage(yolo: YOLO, overrides: dict, metrics, coco: dict | None) -> dict:
     """MACs, params and Ultralytics' mAP of one stage, and pycocotools' when ``coco`` (data, annotations) is given."""
     macs, params = macs_and_params(detection_model(yolo), overrides["imgsz"])
     stage = {"macs": macs, "params": params, "map50": float(metrics.box.map50), "map": float(metrics.box.map)}
+    stage["fitness"] = float(metrics.fitness)  # what Ultralytics' trainer compares to pick best.pt
     for kind in ("seg", "pose"):  # the task's own mAP (masks, keypoints) next to the boxes'
         if hasattr(metrics, kind):
             task_metric = getattr(metrics, kind)
@@ -151,6 +153,12 @@ def _default_name(model: str, plugin: dict) -> str:
 
 
 def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
+    """Run the whole job with Ultralytics' NMS time limit lifted (:mod:`yolo_nexp.validation`); see :func:`_job`."""
+    with uncut_nms() as cuts:
+        return _job(plugin, overrides, command, cuts)
+
+
+def _job(plugin: dict, overrides: dict, command: str, cuts) -> dict:
     """Run the whole job and return the report written to ``<save_dir>/report.json``.
 
     Args:
@@ -158,6 +166,7 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         overrides (dict): Ultralytics arguments (model, data, epochs, imgsz, batch, device, project, name, ...); no
             model, or ``demo``: the demo model (:mod:`yolo_nexp.synthetic.demo`).
         command (str): The command line, recorded in the report.
+        cuts (NmsCuts): Counts NMS runs cut short anyway (reported; none are expected).
     """
     t_start = time.perf_counter()
     overrides = demo.resolve(overrides, cache_dir())  # no model given: the demo model (trained once) and its settings
@@ -188,12 +197,14 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
     t_train, recovery = time.perf_counter(), None
     if epochs > 0:
         gradual = schedule(plugin, epochs) if plugin["steps"] > 1 else None
-        metrics = finetune(yolo, overrides, save_dir, plugin, data, teacher, labels, gradual)
-        stages["finetuned"] = _stage(yolo, overrides, metrics, coco)  # yolo now holds best.pt, validated by the trainer
+        floor = stages["pruned"]["fitness"]
+        metrics, kept = finetune(yolo, overrides, save_dir, plugin, data, teacher, labels, gradual, floor=floor)
+        # yolo now holds best.pt, validated by the trainer; or the pruned model, when no epoch beat it
+        stages["finetuned"] = _stage(yolo, overrides, metrics, coco) if metrics is not None else dict(stages["pruned"])
         final = gradual.reports[-1].params_after if gradual and gradual.reports else stages["pruned"]["params"]
         if stages["finetuned"]["params"] != final:
             raise RuntimeError("fine-tuning changed the architecture: best.pt does not hold the pruned model.")
-        recovery = recovery_report(save_dir, plugin, labels, stages, gradual)
+        recovery = {**recovery_report(save_dir, plugin, labels, stages, gradual), "best": kept}
     seconds_train = time.perf_counter() - t_train
 
     result = {
@@ -209,11 +220,15 @@ def run_prune(plugin: dict, overrides: dict, command: str = "") -> dict:
         "recovery": recovery,
         "seconds": {
             "scoring": report.seconds_scoring,
-            "pruning": report.seconds_pruning,
+            "sensitivity": report.seconds_sensitivity,
+            "surgery": report.seconds_surgery,
             "finetuning": seconds_train,
             "total": time.perf_counter() - t_start,
         },
     }
+    result["nms_cut"] = cuts.count
+    if cuts.count:
+        LOGGER.warning(f"yolo-nexp: NMS was cut short {cuts.count} times although its time limit was lifted")
     if plugin["export"]:
         final = save_dir / "weights" / ("best.pt" if "finetuned" in stages else "pruned.pt")
         images = image_files(data["val"])[:4]
