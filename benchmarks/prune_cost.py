@@ -4,7 +4,8 @@ For each scale (a yolov8 built from its yaml: timing does not depend on the weig
 (noise, ``--images`` of them in batches of 16 at ``--imgsz``) are first run through the model once, timed, then
 ``yolo_nexp.prune`` runs with its defaults (``nexp_use``, sensitivity allocation, mean repair) on the same
 images to a MACs target, and its report splits the seconds into scoring (calibration pass and scores),
-sensitivity and surgery (allocation, repair, structural pruning). The ratio is whole step / forward passes.
+sensitivity and surgery (allocation, repair, structural pruning). The ratio is whole step / forward passes; the
+forward passes are timed before and after the prune step (mean ± half the difference).
 
 Usage:
     python benchmarks/prune_cost.py --scales n s m --out benchmarks/results/prune_cost.md
@@ -13,6 +14,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import sys
 import time
@@ -36,17 +38,25 @@ def measure(scale: str, images: int, imgsz: int, macs: float) -> dict:
     yolo = YOLO(f"yolov8{scale}.yaml")
     model = yolo.model.eval()
     batches = images // BATCH
+    dense = copy.deepcopy(model)
+
+    def forward() -> float:
+        with torch.inference_mode():
+            t = time.perf_counter()
+            for x in calibration_batches("noise", batches=batches, imgsz=imgsz, batch=BATCH):
+                dense(x)
+            return time.perf_counter() - t
+
     with torch.inference_mode():
-        model(next(iter(calibration_batches("noise", batches=1, imgsz=imgsz, batch=BATCH, seed=1))))  # warm-up
-        t = time.perf_counter()
-        for x in calibration_batches("noise", batches=batches, imgsz=imgsz, batch=BATCH):
-            model(x)
-        forward = time.perf_counter() - t
+        dense(next(iter(calibration_batches("noise", batches=1, imgsz=imgsz, batch=BATCH, seed=1))))  # warm-up
+    before = forward()
     t = time.perf_counter()
     report = yolo_nexp.prune(yolo, macs=macs, source="noise", batches=batches, imgsz=imgsz, batch=BATCH, verbose=False)
     total = time.perf_counter() - t
+    after = forward()  # the same passes again: a machine whose load changed shows it as a spread
     return {
-        "forward": forward,
+        "forward": (before + after) / 2,
+        "spread": abs(before - after) / 2,
         "scoring": report.seconds_scoring,
         "sensitivity": report.seconds_sensitivity,
         "surgery": report.seconds_surgery,
@@ -79,7 +89,7 @@ def main():
     for scale in args.scales:
         r = measure(scale, args.images, args.imgsz, args.macs)
         lines.append(
-            f"| yolov8{scale} | {r['forward']:.1f} | {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
+            f"| yolov8{scale} | {r['forward']:.1f} ± {r['spread']:.1f} | {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
             f"| {r['total']:.1f} | {r['total'] / r['forward']:.2f}x | {r['cut']:.1%} |"
         )
         print(lines[-1], flush=True)
