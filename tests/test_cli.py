@@ -101,7 +101,7 @@ def test_prune_end_to_end(tiny_data, tmp_path):
         assert 0.0 <= stage["map50"] <= 1.0 and 0.0 <= stage["map"] <= stage["map50"] + 1e-9
     assert report["macs_reduction"] == pytest.approx(1 - pruned["macs"] / dense["macs"])
     assert report["plugin"]["macs"] == 0.5 and report["prune"]["criterion"] == DEFAULT_CRITERION
-    assert report["prune"]["repair"] == "mean" and report["prune"]["allocation"] == "sensitivity"
+    assert report["prune"]["repair"] == "lsq" and report["prune"]["allocation"] == "sensitivity"
     # Ultralytics' trainer silently rebuilding the dense model from its yaml would leave the dense count here.
     for ckpt in ("pruned.pt", "best.pt", "last.pt"):
         assert n_params(run / "weights" / ckpt) == pruned["params"], ckpt

@@ -98,6 +98,8 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
                     (out * weights * v).sum().backward(retain_graph=k < projections - 1)
                     per_group = [torch.zeros(batch.shape[0], size) for size in sizes]
                     for conv, t in saved.items():
+                        if t.grad is None:  # a consumer the decoded output does not depend on (Segment's prototypes)
+                            continue
                         delta = means[conv].to(t).view(1, -1, 1, 1) - t.detach()
                         s = (t.grad * delta).sum((2, 3)).float().cpu()  # (B, input channels)
                         group_idx, ch, root = index[conv]
