@@ -138,7 +138,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny data and one seed: a smoke run of minutes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", nargs="+", default=list(settings()), help="which tables to run (default: all)")
-    ap.add_argument("--repair", nargs="+", default=["lsq", "mean", "none"], help="which repair rows to run (default: all)")
+    ap.add_argument(
+        "--repair", nargs="+", default=["lsq", "mean", "none"], help="which repair rows to run (default: all)"
+    )
     args = ap.parse_args()
     real = args.model == RealModel.model
     cfg = REAL if real else QUICK if args.quick else FULL

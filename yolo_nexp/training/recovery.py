@@ -173,6 +173,7 @@ def finetune(
     elif floor is not None:
         yolo.add_callback("on_pretrain_routine_end", _floor_best_fitness(floor))
     best = {}
+
     def note_best(trainer) -> None:  # final_eval calls this once more, at epoch ``epochs``: not an epoch
         if trainer.epoch < trainer.epochs and trainer.fitness == trainer.best_fitness:
             best["epoch"] = trainer.epoch + 1
