@@ -36,7 +36,7 @@ These and every other key=value go to Ultralytics unchanged (imgsz, batch, devic
 cfg=recipe.yaml loads a recipe; the command line overrides it.
 
 Examples:
-    yolo-nexp prune model=yolov8n.yaml ratio=0.5 epochs=1          # offline, on generated synthetic data
+    yolo-nexp prune                                                # the demo: offline, a model trained once on synthetic data
     yolo-nexp prune model=yolov8m.pt data=coco.yaml ratio=0.5 epochs=10
 """
 
