@@ -14,7 +14,6 @@ pruned model comes from the checkpoint, and pruning steps of epochs already done
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 from functools import partial
 
 from ultralytics.utils import LOGGER
@@ -24,7 +23,6 @@ from yolo_nexp.pruning.pruner import DEFAULT_CRITERION, DEFAULT_RATIO, PLUGIN_KE
 from yolo_nexp.report import PruneReport
 from yolo_nexp.training import distill
 from yolo_nexp.training.trainers import KeepPruned, keep_pruned_get_model
-from yolo_nexp.validation import uncut_nms
 
 
 def step_fraction(total: float, step: int, steps: int) -> float:
@@ -120,25 +118,10 @@ class NexpPruneCallback:
         rebuild_training_state(trainer)
 
     def register(self, model) -> NexpPruneCallback:
-        """Add these callbacks to an Ultralytics ``YOLO`` object; returns ``self``.
-
-        The training's validations also run with NMS's time limit lifted (:func:`yolo_nexp.validation.uncut_nms`),
-        from the start of training to its end, so that no mAP of the run is cut short on a busy machine.
-        """
+        """Add these callbacks to an Ultralytics ``YOLO`` object; returns ``self``."""
         model.add_callback("on_pretrain_routine_start", self.on_pretrain_routine_start)
         model.add_callback("on_train_epoch_start", self.on_train_epoch_start)
-        model.add_callback("on_pretrain_routine_start", self._lift_nms_limit)
-        model.add_callback("on_train_end", self._restore_nms_limit)
         return self
-
-    def _lift_nms_limit(self, trainer) -> None:
-        self._nms = ExitStack()
-        self.nms_cuts = self._nms.enter_context(uncut_nms())
-
-    def _restore_nms_limit(self, trainer) -> None:
-        if getattr(self, "_nms", None) is not None:
-            self._nms.close()
-            self._nms = None
 
 
 def rebuild_training_state(trainer) -> None:
