@@ -12,7 +12,8 @@ from ultralytics.utils import DEFAULT_CFG
 
 import yolo_nexp
 from yolo_nexp.cli import entrypoint
-from yolo_nexp.training.callback import NexpPruneCallback, step_fraction
+from yolo_nexp.pruning.allocation import step_fraction
+from yolo_nexp.training.callback import NexpPruneCallback
 from yolo_nexp.training.distill import TEACHER_FILE, DistillationLoss, kd_loss
 
 from .conftest import IMGSZ, TINY_PRUNE, n_params

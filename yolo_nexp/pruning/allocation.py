@@ -27,6 +27,15 @@ ALLOCATIONS = ("uniform", "global", "sensitivity")
 MAX_REMOVED = 0.9  # no group loses more than this fraction of its channels (besides the round_to floor)
 
 
+def step_fraction(total: float, step: int, steps: int) -> float:
+    """Fraction of what is *left* to remove at ``step`` (1-based) so that ``total * step / steps`` is gone after it.
+
+    Shared by ratios (of channels) and MACs targets: both compound the same way.
+    """
+    before, after = total * (step - 1) / steps, total * step / steps
+    return 1.0 - (1.0 - after) / (1.0 - before)
+
+
 def allowed_widths(size: int, round_to: int) -> list[int]:
     """Widths a group may keep, widest first: its own, then multiples of ``round_to`` down to the floor."""
     floor = max(min(round_to, size), math.ceil(size * (1 - MAX_REMOVED)))

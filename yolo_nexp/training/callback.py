@@ -19,19 +19,11 @@ from functools import partial
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
+from yolo_nexp.pruning.allocation import step_fraction
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION, DEFAULT_RATIO, PLUGIN_KEYS, check_prune_args, prune
 from yolo_nexp.report import PruneReport
 from yolo_nexp.training import distill
 from yolo_nexp.training.trainers import KeepPruned, keep_pruned_get_model
-
-
-def step_fraction(total: float, step: int, steps: int) -> float:
-    """Fraction of what is *left* to remove at ``step`` (1-based) so that ``total * step / steps`` is gone after it.
-
-    Shared by ratios (of channels) and MACs targets: both compound the same way.
-    """
-    before, after = total * (step - 1) / steps, total * step / steps
-    return 1.0 - (1.0 - after) / (1.0 - before)
 
 
 class NexpPruneCallback:
