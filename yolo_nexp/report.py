@@ -46,6 +46,7 @@ class PruneReport:
         repair (str): How removed channels were repaired (``mean``: folded into consumers, ``none``).
         allocation (str): How channels were allocated across layers (``uniform``, ``global``, ``sensitivity``).
         bn_recal (bool): Whether BatchNorm statistics were re-estimated on the calibration images.
+        passes (int): Prunes it took, each recalibrated on the model the previous one left.
     """
 
     criterion: str
@@ -66,6 +67,7 @@ class PruneReport:
     repair: str = "none"
     allocation: str = "uniform"
     bn_recal: bool = False
+    passes: int = 1
 
     @property
     def macs_reduction(self) -> float:
@@ -81,6 +83,26 @@ class PruneReport:
         """Plain dict, with the reductions, for JSON."""
         return {**asdict(self), "macs_reduction": self.macs_reduction, "params_reduction": self.params_reduction}
 
+    @classmethod
+    def chain(cls, reports: list[PruneReport], macs_target: float | None = None) -> PruneReport:
+        """One report for successive prunes of one model (passes): the first's state before, the last's after, seconds summed."""
+        first, last = reports[0], reports[-1]
+        channels = {name: [first.channels[name][0], last.channels[name][1]] for name in first.channels}
+        return cls(
+            **{
+                **asdict(last),
+                "channels": channels,
+                "macs_target": macs_target,
+                "ratio": 1 - sum(a for _, a in channels.values()) / sum(b for b, _ in channels.values()),
+                "macs_before": first.macs_before,
+                "params_before": first.params_before,
+                "seconds_scoring": sum(r.seconds_scoring for r in reports),
+                "seconds_sensitivity": sum(r.seconds_sensitivity for r in reports),
+                "seconds_surgery": sum(r.seconds_surgery for r in reports),
+                "passes": len(reports),
+            }
+        )
+
     def summary(self) -> str:
         """One line: MACs and params before -> after, and the time taken."""
         return (
@@ -88,6 +110,7 @@ class PruneReport:
             f"(-{self.macs_reduction:.1%}), params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"sensitivity {self.seconds_sensitivity:.1f}s, surgery {self.seconds_surgery:.1f}s"
+            + (f" ({self.passes} passes)" if self.passes > 1 else "")
         )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from itertools import islice
 
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from ultralytics.utils import LOGGER
 from yolo_nexp.arch.family import c2f_split, conv_widths, detection_model
 from yolo_nexp.pruning import allocation as alloc
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
+from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.linear_sensitivity import estimate
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
 from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
@@ -35,6 +38,7 @@ def check_prune_args(
     allocation: str = "sensitivity",
     bn_recal: bool = False,
     global_pruning: bool = False,
+    passes: int = 1,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -68,9 +72,11 @@ def check_prune_args(
         raise ValueError(f"bn_recal must be True or False; got {bn_recal!r}.")
     if not isinstance(global_pruning, bool):
         raise ValueError(f"global must be True or False; got {global_pruning!r}.")
+    if not (whole(passes) and 1 <= passes <= 20):
+        raise ValueError(f"passes must be a whole number from 1 to 20 (1 prunes in one go); got {passes!r}.")
 
 
-PLUGIN_KEYS = ("ratio", "macs", "criterion", "alpha", "round_to", "batches", "repair", "allocation", "bn_recal")
+PLUGIN_KEYS = ("ratio", "macs", "criterion", "alpha", "round_to", "batches", "repair", "allocation", "bn_recal", "passes")
 
 
 def prune_kwargs(plugin: dict) -> dict:
@@ -114,6 +120,8 @@ def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose) -> tup
         images = calib.images[:SENSITIVITY_BATCHES]
         curves = estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)
         order = alloc.sensitivity_order(sets, widths, curves, macs_model)
+    elif allocation == "information":
+        order = information_order(widths, set_concentration(sets, conv_concentration(det, calib.information)))
     else:
         order = alloc.global_order(sets, widths) if allocation == "global" else alloc.uniform_order(widths)
     if macs is not None:
@@ -145,6 +153,7 @@ def prune(
     repair: str = "lsq",
     allocation: str = "sensitivity",
     bn_recal: bool = False,
+    passes: int = 1,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -172,6 +181,8 @@ def prune(
             predicts it from the channels the consumer keeps (least squares) and folds that in; ``none`` does neither.
         allocation (str): How many channels each group loses: ``uniform``, ``global`` or ``sensitivity``.
         bn_recal (bool): Re-estimate BatchNorm statistics on the calibration images after pruning.
+        passes (int): Reach the target in this many smaller prunes (compounding shares of it, as gradual
+            pruning does), each calibrated, scored, allocated and repaired on the model the previous one left.
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -183,9 +194,19 @@ def prune(
         >>> report = yolo_nexp.prune(model, ratio=0.5, source="noise", imgsz=320)
         >>> model.save("yolov8n-pruned.pt")
     """
-    check_prune_args(ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning)
+    check_prune_args(
+        ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes
+    )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
+    if passes > 1:
+        if isinstance(source, Iterator):  # a generator would be spent by the first pass
+            source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
+        args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
+        args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
+        ((key, total),) = ({"macs": macs} if macs is not None else {"ratio": ratio}).items()
+        reports = [prune(model, **args, **{key: alloc.step_fraction(total, k, passes)}) for k in range(1, passes + 1)]
+        return PruneReport.chain(reports, macs_target=macs)
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -194,10 +215,11 @@ def prune(
     with c2f_split(det):
         need = NEEDS.get(criterion)
         calib = None
-        if need or repair != "none" or allocation == "sensitivity" or bn_recal:
+        if need or repair != "none" or allocation in ("sensitivity", "information") or bn_recal:
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
             inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
             flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=repair == "lsq")
+            flags["information"] = allocation == "information"  # map rank and entropy of every block's output
             calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
         graph = build_graph(det)
         with torch.random.fork_rng(devices=[]):

@@ -18,9 +18,9 @@ from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import LOGGER
 
 from yolo_nexp.checkpoints.loader import load
+from yolo_nexp.pruning.allocation import step_fraction
 from yolo_nexp.pruning.pruner import DEFAULT_RATIO, prune_kwargs
 from yolo_nexp.scoring.sources import image_files
-from yolo_nexp.pruning.allocation import step_fraction
 from yolo_nexp.training.callback import NexpPruneCallback
 from yolo_nexp.training.distill import save_teacher
 from yolo_nexp.training.trainers import trainer_for
