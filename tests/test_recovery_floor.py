@@ -37,3 +37,19 @@ def test_without_a_floor_the_epoch_becomes_best(tiny_data, tmp_path):
     weights = tmp_path / "run" / "weights"
     assert metrics is not None and kept == "epoch 1"
     assert (weights / "best.pt").read_bytes() != (weights / "pruned.pt").read_bytes()
+
+
+def _rect_of_validation(tiny_data, save_dir: Path, **extra) -> bool:
+    yolo, data = _pruned(tiny_data, save_dir)
+    seen = {}
+    yolo.add_callback("on_train_start", lambda trainer: seen.update(rect=trainer.test_loader.dataset.rect))
+    args = dict(data=tiny_data, epochs=1, imgsz=IMGSZ, batch=4, workers=0, plots=False, **extra)
+    finetune(yolo, args, save_dir, {"distill": 0.0, "steps": 1}, data, floor=None)
+    return seen["rect"]
+
+
+def test_epoch_validation_follows_rect(tiny_data, tmp_path):
+    # The stock trainer validates on rectangular batches whatever rect says; the job's own validations of the
+    # dense and pruned models use model.val(rect=...), so with rect=False the floor would compare two protocols.
+    assert _rect_of_validation(tiny_data, tmp_path / "a") is True
+    assert _rect_of_validation(tiny_data, tmp_path / "b", rect=False) is False

@@ -132,6 +132,10 @@ def _floor_best_fitness(floor: float):
     return set_floor
 
 
+def _square_validation(trainer) -> None:
+    trainer.square_val = True
+
+
 def finetune(
     yolo: YOLO,
     overrides: dict,
@@ -180,6 +184,8 @@ def finetune(
             best["epoch"] = trainer.epoch + 1
 
     yolo.add_callback("on_fit_epoch_end", note_best)
+    if overrides.get("rect") is False:  # the job validated dense and pruned on square inputs: so must the trainer
+        yolo.add_callback("on_pretrain_routine_start", _square_validation)
     try:
         metrics = yolo.train(
             trainer=trainer_for(yolo.task), **overrides, project=str(save_dir.parent), name=save_dir.name, exist_ok=True

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 
+from ultralytics.data import build_yolo_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_nexp.arch.family import is_pruned
 from yolo_nexp.arch.fit import check_fits_data
@@ -48,6 +50,11 @@ class KeepPruned:
     a first run, ``resume=True`` and DDP workers all find it there.
     """
 
+    # Validate between epochs on square inputs, as ``model.val(rect=False)`` does: the stock trainer always
+    # validates on rectangular batches, so its fitness would not compare with such a validation of the
+    # pruned model (the job sets this when the user gives ``rect=False``).
+    square_val = False
+
     def __init__(self, *args, **kwargs):
         """The task trainer, plus distillation from the run folder's teacher when there is one."""
         super().__init__(*args, **kwargs)
@@ -61,6 +68,13 @@ class KeepPruned:
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> DetectionModel:
         """The pruned ``weights`` module itself; otherwise the task's stock model built from ``cfg``."""
         return keep_pruned_get_model(self, super().get_model, cfg=cfg, weights=weights, verbose=verbose)
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """The task's dataset; for validation with :attr:`square_val`, square letterboxed inputs."""
+        if mode == "val" and self.square_val:
+            stride = max(int(unwrap_model(self.model).stride.max()), 32)
+            return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=stride)
+        return super().build_dataset(img_path, mode, batch)
 
     def save_model(self):
         """Ultralytics' ``save_model``, but ``last.pt``/``best.pt`` are written to temporary files and renamed.
