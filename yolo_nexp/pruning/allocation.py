@@ -8,7 +8,9 @@ the two halves of a C2f, which must stay equal) from one allowed width to the ne
   same fraction (as Torch-Pruning's layer-uniform ratio, but rounding never removes more than asked);
 - ``global``: steps ordered by the importance of the most important channel they remove, so channels
   compete across layers (the criterion's scores must then be comparable across layers);
-- ``sensitivity``: steps ordered by measured output distortion per MAC saved (see :mod:`.sensitivity`).
+- ``sensitivity``: steps ordered by measured output distortion per MAC saved (see :mod:`.sensitivity`);
+- ``information``: steps ordered so that each set loses a share set by its information concentration, the
+  fusion of its feature maps' rank and entropy (see :mod:`.information`).
 
 A ratio keeps the longest prefix that removes at most that fraction of channels (per group for
 ``uniform``, of all channels otherwise); a MACs target keeps the prefix whose conv MACs cut is nearest
@@ -23,7 +25,7 @@ import math
 
 from yolo_nexp.pruning.groups import MacsModel, PrunableGroup
 
-ALLOCATIONS = ("uniform", "global", "sensitivity")
+ALLOCATIONS = ("uniform", "global", "sensitivity", "information")
 MAX_REMOVED = 0.9  # no group loses more than this fraction of its channels (besides the round_to floor)
 
 

@@ -9,6 +9,8 @@ so memory does not grow with the number of images:
 - ``inputs``: mean and variance per input channel of every ``nn.Conv2d`` (what a removed channel
   feeds its consumers: the repair folds the mean, the ``nexp_use`` criterion weighs the variance);
 - ``cross``: the channel covariance of every ``nn.Conv2d``'s input (the least-squares repair);
+- ``information``: per channel of every ``Conv`` block's output, the mean rank of its maps and the entropy of
+  its values (allocation by information concentration, :mod:`yolo_nexp.pruning.information`);
 - ``images``: the first batches themselves, for allocation by sensitivity and BatchNorm re-estimation.
 """
 
@@ -95,6 +97,60 @@ class CrossMoments:
         return self.outer / self.n - torch.outer(self.mean, self.mean)
 
 
+ENTROPY_BINS = 32  # the most histogram bins per channel for the activation entropy (fewer for few values)
+
+
+class FeatureInformation:
+    """Streaming per-channel feature-map rank and activation entropy of a (B, C, H, W) output.
+
+    Rank as HRank has it: the matrix rank of each image's H x W map of the channel, here divided by
+    ``min(H, W)`` (the largest rank such a map can have) so that layers of every resolution compare, and
+    averaged over images. Entropy: the Shannon entropy of a histogram of the channel's values over every image
+    and position, divided by ``log(bins)`` (a channel spread evenly over its range scores 1, a constant one 0).
+    The bins are set on the first batch: edges from each channel's range there (values outside it count in the
+    end bins), and at most the square root of the values per channel (the square-root rule), so that a small
+    map (2 x 2 at stride 32 of a 64 px input) is not judged poorer for having fewer values than bins to fill.
+    What is kept is a count per bin, so memory does not grow with the images.
+
+    Args:
+        bins (int): The most histogram bins per channel.
+    """
+
+    def __init__(self, bins: int = ENTROPY_BINS):
+        """Start empty."""
+        self.max_bins, self.bins, self.n, self.rank_sum, self.counts = bins, bins, 0, None, None
+        self.lo = self.width = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch."""
+        x = x.detach().float()
+        b, c, h, w = x.shape
+        ranks = torch.linalg.matrix_rank(x.reshape(b * c, h, w)).reshape(b, c).double().sum(0) / min(h, w)
+        if self.lo is None:
+            self.bins = min(self.max_bins, max(2, math.isqrt(b * h * w)))
+            self.lo = x.amin((0, 2, 3)).view(1, c, 1, 1)
+            self.width = (x.amax((0, 2, 3)).view(1, c, 1, 1) - self.lo).clamp(min=1e-12)
+            self.rank_sum = torch.zeros(c, dtype=torch.float64, device=x.device)
+            self.counts = torch.zeros(c * self.bins, dtype=torch.float64, device=x.device)
+        idx = ((x - self.lo) / self.width * self.bins).floor().clamp_(0, self.bins - 1).long()
+        idx += torch.arange(c, device=x.device).view(1, c, 1, 1) * self.bins  # one bincount for every channel
+        self.counts += torch.bincount(idx.flatten(), minlength=c * self.bins).double()
+        self.rank_sum += ranks
+        self.n += b
+
+    @property
+    def rank(self) -> torch.Tensor:
+        """Mean normalised map rank per channel, in [0, 1] (CPU, float64)."""
+        return (self.rank_sum / max(self.n, 1)).cpu()
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        """Normalised entropy per channel, in [0, 1] (CPU, float64)."""
+        counts = self.counts.view(-1, self.bins).cpu()
+        p = counts / counts.sum(1, keepdim=True).clamp(min=1)
+        return -(p * p.clamp(min=1e-300).log()).sum(1) / math.log(self.bins)
+
+
 def _expand(stat: torch.Tensor, x: torch.Tensor, reduce: tuple[int, ...]) -> torch.Tensor:
     shape = [1 if d in reduce else s for d, s in enumerate(x.shape)]
     return stat.reshape(shape)
@@ -108,6 +164,7 @@ class Calibration:
     spread: dict[str, Moments] = field(default_factory=dict)
     inputs: dict[nn.Conv2d, Moments] = field(default_factory=dict)
     cross: dict[nn.Conv2d, CrossMoments] = field(default_factory=dict)
+    information: dict[str, FeatureInformation] = field(default_factory=dict)
     images: list[torch.Tensor] = field(default_factory=list)
     n_images: int = 0
 
@@ -147,6 +204,7 @@ def calibrate(
     spread: bool = False,
     inputs: bool = False,
     cross: bool = False,
+    information: bool = False,
     keep_images: int = 0,
     verbose: bool = True,
 ) -> Calibration:
@@ -163,6 +221,7 @@ def calibrate(
         spread (bool): Record per-position moments of every ``Conv`` block (continuous NEXP).
         inputs (bool): Record per-input-channel moments of every ``nn.Conv2d`` (repair, use criteria).
         cross (bool): Record the channel covariance of every ``nn.Conv2d``'s input (the least-squares repair).
+        information (bool): Record per-channel map rank and activation entropy of every ``Conv`` block.
         keep_images (int): Keep up to this many batches of images for later passes.
         verbose (bool): Show a progress bar.
 
@@ -181,6 +240,8 @@ def calibrate(
             calib.inputs = _hook_inputs(stack, model)
         if cross:
             calib.cross = _hook_inputs(stack, model, CrossMoments)
+        if information:
+            calib.information = _hook_outputs(stack, blocks, FeatureInformation)
         stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
         for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
             images = images.to(param.device, param.dtype)
