@@ -1,14 +1,14 @@
 """Allocation by information concentration (Chen & Wang, "An Effective Information Theoretic Framework for
 Channel Pruning", IEEE TNNLS 2024, arXiv 2408.16772).
 
-What comes from the paper (read here only in its abstract and a published summary; the method section's
-equations could not be read in this offline environment): a conv layer's
-information is measured by two indicators of its output feature maps, their **rank** (a matrix as a system
-of linear equations: a higher rank, more solutions, more uncertainty) and their **entropy** (the expected
-amount of information); a fusion function makes a compromise of the two, the layer's *information
-concentration*; and the layer-wise pruning ratios are set with it as the reference: a layer with a higher
-concentration holds more information and loses fewer channels. (The paper then ranks channels by Shapley
-values; here the ranking stays the criterion's.)
+What comes from the paper (read here only in its abstract and a published summary of it; its method section's
+equations could not be read in this offline environment): a conv layer's information is measured by two
+indicators of its output feature maps, their **rank** (a matrix as a system of linear equations: a higher
+rank, more solutions, more uncertainty) and their **entropy** (the expected amount of information); a fusion
+function makes a compromise of the two, the layer's *information concentration*; and the layer-wise pruning
+ratios are pre-defined with it as the reference: a layer with a lower concentration holds less information
+and can lose more channels. (The paper then ranks channels by Shapley values; here the ranking stays the
+criterion's.)
 
 What this module chose, where that text does not fix it (each choice is one constant or one line below; the
 paper's own definitions may differ):
@@ -17,14 +17,15 @@ paper's own definitions may differ):
   image's H x W map of a channel, averaged over the calibration images; divided by ``min(H, W)`` so that layers
   of different resolutions compare (a 160 x 160 map can reach rank 160, a 20 x 20 one 20). The layer's rank is
   the mean over its channels.
-- **Entropy**: per channel, the Shannon entropy of a 32-bin histogram of its values over every image and
-  position (bin edges from the first batch's range), divided by ``log 32``; the layer's is the mean over its
-  channels. Both indicators are therefore in [0, 1] and on the same footing before they are fused.
+- **Entropy**: per channel, the Shannon entropy of a histogram of its values over every image and position
+  (at most 32 bins, fewer by the square-root rule when the first batch has fewer than 1024 values per channel;
+  edges from the first batch's range), divided by ``log(bins)``; the layer's is the mean over its channels.
+  Both indicators are therefore in [0, 1] and on the same footing before they are fused.
 - **Fusion** (:func:`fuse`): the harmonic mean ``2 R E / (R + E)``: a compromise that is high only when both
   indicators are (a layer with full-rank but near-constant maps, or noisy but rank-1 maps, is not rich).
 - **Ratio rule** (:func:`target_ratios`): a layer's pruning ratio is proportional to ``1 - IC``, scaled so
   that the layers' ratios together meet the target: ``r_l = t (1 - IC_l) / mean(1 - IC)`` (at most
-  :data:`~yolo_nexp.pruning.allocation.MAX_REMOVED`, and never below the ``round_to`` floor). Equal
+  :data:`~yolo_nexp.pruning.allocation.MAX_REMOVED`, no group below its ``round_to`` floor). Equal
   concentrations give the uniform allocation.
 
 A target is reached as by the other allocations (see :mod:`.allocation`): the rule becomes an order of removal
