@@ -20,7 +20,8 @@ from yolo_nexp.pruning.information import (
     set_concentration,
     target_ratios,
 )
-from yolo_nexp.scoring.calibration import FeatureInformation, calibrate
+from yolo_nexp.scoring.calibration import calibrate
+from yolo_nexp.scoring.feature_information import RANK_IMAGES, FeatureInformation, map_ranks
 
 from .conftest import IMGSZ
 
@@ -39,6 +40,25 @@ def test_map_rank_is_averaged_over_images_and_normalised_by_the_map_side():
         stats.update(x)
     assert stats.n == 2
     assert stats.rank.tolist() == pytest.approx([(1 + 3) / 2 / 6, 1.0])  # full rank of an 8 x 6 map is 6
+
+
+def test_map_ranks_match_torch_matrix_rank():
+    g = torch.Generator().manual_seed(1)
+    maps = [_outer_sum(r, 12, 9, g) for r in (1, 2, 5, 9)] + [torch.zeros(12, 9), torch.full((12, 9), 3.0)]
+    maps += [torch.randn(12, 9, generator=g).clamp(min=0), _outer_sum(4, 12, 9, g) * 1e-6]
+    x = torch.stack(maps)
+    assert map_ranks(x).tolist() == torch.linalg.matrix_rank(x).tolist() == [1, 2, 5, 9, 0, 1, 9, 4]
+    assert map_ranks(x.transpose(1, 2)).tolist() == torch.linalg.matrix_rank(x).tolist()  # wide maps too
+
+
+def test_ranks_read_the_first_images_of_a_batch_entropy_all_of_them():
+    g = torch.Generator().manual_seed(2)
+    low = torch.stack([_outer_sum(1, 8, 8, g) for _ in range(RANK_IMAGES)])
+    full = torch.randn(3, 8, 8, generator=g)
+    stats = FeatureInformation()
+    stats.update(torch.cat([low, full]).unsqueeze(1))  # RANK_IMAGES rank-1 maps, then 3 full-rank ones
+    assert stats.n == RANK_IMAGES + 3 and stats.rank.tolist() == pytest.approx([1 / 8])
+    assert stats.counts.sum().item() == (RANK_IMAGES + 3) * 64
 
 
 def test_entropy_is_zero_for_a_constant_channel_and_maximal_for_an_even_spread():

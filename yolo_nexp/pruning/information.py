@@ -13,10 +13,11 @@ criterion's.)
 What this module chose, where that text does not fix it (each choice is one constant or one line below; the
 paper's own definitions may differ):
 
-- **Rank** (:class:`yolo_nexp.scoring.calibration.FeatureInformation`): as HRank, the matrix rank of each
-  image's H x W map of a channel, averaged over the calibration images; divided by ``min(H, W)`` so that layers
-  of different resolutions compare (a 160 x 160 map can reach rank 160, a 20 x 20 one 20). The layer's rank is
-  the mean over its channels.
+- **Rank** (:class:`yolo_nexp.scoring.feature_information.FeatureInformation`): as HRank, the matrix rank of each
+  image's H x W map of a channel (``torch.linalg.matrix_rank``'s default tolerance), averaged over the first 4
+  images of every calibration batch (HRank found a filter's mean map rank stable across images; the rank is
+  the costly part); divided by ``min(H, W)`` so that layers of different resolutions compare (a 160 x 160 map
+  can reach rank 160, a 20 x 20 one 20). The layer's rank is the mean over its channels.
 - **Entropy**: per channel, the Shannon entropy of a histogram of its values over every image and position
   (at most 32 bins, fewer by the square-root rule when the first batch has fewer than 1024 values per channel;
   edges from the first batch's range), divided by ``log(bins)``; the layer's is the mean over its channels.
