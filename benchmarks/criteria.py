@@ -65,10 +65,11 @@ class Bench:
             t0 = time.perf_counter()
             report = yolo_nexp.prune(
                 model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                **self.calibration, **setting,
+                **{**self.calibration, **setting},
             )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
+            result["floored"] = len(report.floored)  # layers cut to their narrowest allowed width
             if recover:
                 result["recovered"] = self.finetune(model, seed)
             self.results.add(key, result)
@@ -104,6 +105,8 @@ class Bench:
 def settings() -> dict[str, list[tuple[str, dict]]]:
     """The rows of each table: (label, prune() arguments)."""
     other = "tp"
+    default = {"criterion": DEFAULT_CRITERION, "repair": "lsq", "allocation": "sensitivity"}
+    tp_example = {"criterion": "tp", "repair": "none", "allocation": "uniform"}
     return {
         "criteria": [
             (f"{c} / repair {r}", {"criterion": c, "repair": r, "allocation": "sensitivity"})
@@ -128,6 +131,19 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             for c in (DEFAULT_CRITERION, other)
             for b in (False, True)
         ],
+        "passes": [  # several smaller prunes, each recalibrated on the pruned model, against one (passes 1)
+            (f"{DEFAULT_CRITERION} / lsq / passes {k}", {**default, **({"passes": k} if k > 1 else {})})
+            for k in (1, 2, 4, 8)
+        ]
+        + [(f"{DEFAULT_CRITERION} / lsq / passes 4 / 2 batches", {**default, "passes": 4, "batches": 2})]
+        + [(f"{DEFAULT_CRITERION} / lsq / bn_recal", {**default, "bn_recal": True})]
+        # Torch-Pruning's examples/yolov8: group L2, the same ratio in every layer, 16 steps, no repair
+        # (its fine-tuning between steps is left out: this table is one-shot)
+        + [("tp / uniform / none / passes 16 (TP's yolov8 example)", {**tp_example, "passes": 16})],
+        "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
+            (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
+            for b in (2, 4, 8)
+        ],
     }
 
 
@@ -141,9 +157,12 @@ def main():
     ap.add_argument(
         "--repair", nargs="+", default=["lsq", "mean", "none"], help="which repair rows to run (default: all)"
     )
+    ap.add_argument("--rows", nargs="+", default=None, help="run only the rows with these exact labels")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1, real model 0)")
     args = ap.parse_args()
     real = args.model == RealModel.model
-    cfg = REAL if real else QUICK if args.quick else FULL
+    cfg = dict(REAL if real else QUICK if args.quick else FULL)
+    cfg["seeds"] = tuple(args.seeds) if args.seeds else cfg["seeds"]
     if real:
         base = RealModel()
     else:
@@ -162,6 +181,7 @@ def main():
             recover = cfg["recover"] if name == "criteria" else None
             rows = [(label, setting) for label, setting in rows if setting["repair"] in args.repair]
             rows = [(lb, s) for lb, s in rows if args.criteria is None or s["criterion"] in args.criteria]
+            rows = [(lb, s) for lb, s in rows if args.rows is None or lb in args.rows]
             tables[name] = [(label, bench.cells(setting, recover)) for label, setting in rows]
     finally:
         shutil.rmtree(bench.project, ignore_errors=True)

@@ -104,7 +104,13 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         out += ["## Criteria under uniform allocation, one-shot", ""]
         out += ["Every group loses the same share of its channels, so the criterion alone decides which go.", ""]
         out += [*table(uniform, dense), "", *margins(uniform, uniform[0][0], dense), ""]
-    for name, title in (("allocation", "Allocation (mean repair)"), ("bn_recal", "BatchNorm re-estimation")):
+    titles = {
+        "allocation": "Allocation (mean repair)",
+        "bn_recal": "BatchNorm re-estimation",
+        "passes": "Passes (recalibrated between, no training) and BatchNorm re-estimation",
+        "calibration": "Calibration batches",
+    }
+    for name, title in titles.items():
         if name in tables:
             out += [f"## {title}, one-shot", "", *table(tables[name], dense), ""]
     return "\n".join(out)

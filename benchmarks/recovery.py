@@ -12,6 +12,12 @@ Usage:
     python benchmarks/recovery.py --quick --out /tmp/recovery-quick.md      # smoke run, minutes
     python benchmarks/recovery.py --model yolov8s --criteria nexp_use --seeds 0 \
         --out benchmarks/results/recovery-yolov8s.md                          # the second scale, a subset
+    python benchmarks/recovery.py --model fall-yolov8s --out benchmarks/results/recovery-real.md   # real model
+
+With ``--model fall-yolov8s`` the baseline is the real trained YOLOv8s of ``real_model.py`` (fidelity labels),
+and the job runs with its own recovery defaults (no ``warmup_epochs=0``), at 640 px on square inputs; the
+methods then also compare Ultralytics' feature distillation (``distill_model=`` the dense checkpoint) and
+Ultralytics' training defaults (what users got before the job set its own).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
+from benchmarks.real_model import RealModel, validate  # noqa: E402
 from yolo_nexp.cli import entrypoint  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 from yolo_nexp.training.recovery import every, unlabelled_train_split  # noqa: E402
@@ -36,6 +43,20 @@ from yolo_nexp.training.recovery import every, unlabelled_train_split  # noqa: E
 METHODS = {"fine-tune": ["distill=0"], "distill": ["distill=1"], "gradual + distill": ["distill=1", "steps=2"]}
 FULL = dict(cuts=(0.46, 0.70), criteria=(DEFAULT_CRITERION, "tp"), seeds=(0, 1), base=Baseline())
 QUICK = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), base=Baseline(n_train=48, n_val=16, epochs=5))
+ULTRALYTICS_DEFAULTS = ["optimizer=auto", "lr0=0.01", "warmup_epochs=3", "mosaic=1.0"]  # Ultralytics' own
+# The real model: a CPU budget of 3 epochs over the 128 fidelity-labelled training images at 640 px, batch 16.
+REAL = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), epochs=3, job_args=["rect=False"])
+
+
+def real_methods(teacher: Path) -> dict:
+    """Recovery methods on the real model: the job's defaults, plain, Ultralytics' distillation, both, its defaults."""
+    return {
+        "distill (default)": ["distill=1"],
+        "fine-tune": ["distill=0"],
+        "Ultralytics distill_model": ["distill=0", f"distill_model={teacher}"],
+        "both distillations": ["distill=1", f"distill_model={teacher}"],
+        "distill, Ultralytics' training defaults": ["distill=1", *ULTRALYTICS_DEFAULTS],
+    }
 
 
 def unlabelled(data_yaml: str, root: Path) -> str:
@@ -49,7 +70,8 @@ def run(base: Baseline, data: str, epochs: int, criterion: str, cut: float, seed
     """One ``yolo-nexp prune`` job (in a new folder of ``project``); its report.json."""
     name = f"run{sum(1 for _ in project.glob('run*'))}"
     argv = ["prune", f"model={base.weights()}", f"data={data}", f"macs={cut}", f"criterion={criterion}"]
-    argv += [f"epochs={epochs}", f"imgsz={base.imgsz}", "batch=16", f"seed={seed}", "warmup_epochs=0", "workers=2"]
+    job_args = ["rect=False"] if isinstance(base, RealModel) else ["warmup_epochs=0"]  # real: the job's defaults
+    argv += [f"epochs={epochs}", f"imgsz={base.imgsz}", "batch=16", f"seed={seed}", "workers=2", *job_args]
     argv += [*extra, f"project={project}", f"name={name}"]
     assert entrypoint(argv) == 0, argv
     return json.loads((project / name / "report.json").read_text())
@@ -57,13 +79,13 @@ def run(base: Baseline, data: str, epochs: int, criterion: str, cut: float, seed
 
 def collect(cfg: dict, store: Path | None) -> dict:
     """{json key: {"pruned": mAP, "curve": [mAP per epoch]}}, resumable from ``store``."""
-    base = cfg["base"]
-    epochs = max(2, base.epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
+    base, epochs, methods = cfg["base"], cfg["epochs"], cfg["methods"]
     results = ResultStore(store)
     project = Path(tempfile.mkdtemp(prefix="nexp-recovery-"))
     free = unlabelled(base.data(), project)  # project/unlabelled/data.yaml
-    jobs = [(c, cut, m, METHODS[m]) for c in cfg["criteria"] for cut in cfg["cuts"] for m in METHODS]
-    jobs.append((DEFAULT_CRITERION, cfg["cuts"][0], "distill, no labels", ["distill=1"]))
+    jobs = [(c, cut, m, methods[m]) for c in cfg["criteria"] for cut in cfg["cuts"] for m in methods]
+    if not isinstance(base, RealModel):
+        jobs.append((DEFAULT_CRITERION, cfg["cuts"][0], "distill, no labels", ["distill=1"]))
     for criterion, cut, method, extra in jobs:
         for seed in cfg["seeds"]:
             key = json.dumps([criterion, cut, method, seed])
@@ -126,9 +148,9 @@ def comparisons(results: dict) -> list[str]:
     for key, r in results.items():
         criterion, cut, method, _ = json.loads(key)
         by.setdefault((criterion, cut, method), []).append(r["curve"])
-    lines = ["Distillation minus fine-tuning, mean mAP50-95 per epoch (`*`: the seeds do not overlap):", ""]
+    lines = ["Each method minus plain fine-tuning, mean mAP50-95 per epoch (`*`: the seeds do not overlap):", ""]
     for (criterion, cut, method), curves in by.items():
-        if method != "distill":
+        if method == "fine-tune" or method.startswith("gradual") or (criterion, cut, "fine-tune") not in by:
             continue
         plain = by[(criterion, cut, "fine-tune")]
         gaps = []
@@ -137,7 +159,7 @@ def comparisons(results: dict) -> list[str]:
             gap = statistics.mean(ours) - statistics.mean(theirs)
             apart = min(ours) > max(theirs) or max(ours) < min(theirs)
             gaps.append(f"{gap:+.3f}{' *' if apart and len(ours) > 1 else ''}")
-        lines.append(f"- {criterion}, -{cut:.0%}: " + ", ".join(gaps))
+        lines.append(f"- {criterion}, -{cut:.0%}, {method}: " + ", ".join(gaps))
     return lines
 
 
@@ -172,25 +194,36 @@ def main():
     ap.add_argument("--criteria", nargs="+", default=None, help=f"criteria to run (default {FULL['criteria']})")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1)")
     args = ap.parse_args()
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.model:
-        cfg["base"] = dataclasses.replace(cfg["base"], model=args.model)
+    real = args.model == RealModel.model
+    cfg = dict(REAL if real else QUICK if args.quick else FULL)
+    if real:
+        cfg["base"] = RealModel()
+        cfg["methods"] = real_methods(cfg["base"].weights())
+    else:
+        cfg["base"] = dataclasses.replace(cfg["base"], model=args.model) if args.model else cfg["base"]
+        cfg["methods"] = METHODS
+        cfg["epochs"] = max(2, cfg["base"].epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
     cfg["criteria"] = tuple(args.criteria or cfg["criteria"])
     cfg["seeds"] = tuple(args.seeds if args.seeds is not None else cfg["seeds"])
-    base = cfg["base"]
-    epochs = max(2, base.epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
+    base, epochs = cfg["base"], cfg["epochs"]
     results = collect(cfg, args.out.with_suffix(".json") if args.out else None)
-    dense = float(
-        YOLO(str(base.weights())).val(data=base.data(), imgsz=base.imgsz, batch=32, plots=False, verbose=False).box.map
-    )
+    if real:
+        dense = validate(YOLO(str(base.weights())), base.data(), base.imgsz)["map"]
+    else:
+        dense = float(
+            YOLO(str(base.weights()))
+            .val(data=base.data(), imgsz=base.imgsz, batch=32, plots=False, verbose=False)
+            .box.map
+        )
     minutes = sum(r["seconds"] for r in results.values()) / 60
     lines = [
         "# Recovery after pruning: mAP50-95 per epoch", "",
         f"Command: `python {' '.join(sys.argv)}`", "",
         f"Baseline: {base.describe()}; dense validation mAP50-95 **{dense:.3f}**. Each row runs `yolo-nexp prune "
-        f"macs=<cut> criterion=<criterion> epochs={epochs} imgsz={base.imgsz} batch=16 warmup_epochs=0` with the "
-        f"method's arguments (defaults otherwise: sensitivity allocation, mean repair), {epochs} epochs being a tenth "
-        f"of the baseline's training (2 at least). Seeds {list(cfg['seeds'])}: mean ± half-range. 'after pruning' is the one-shot "
+        f"macs=<cut> criterion=<criterion> epochs={epochs} imgsz={base.imgsz} batch=16 "
+        f"{'rect=False' if real else 'warmup_epochs=0'}` with the method's arguments (the job's defaults otherwise), "
+        f"{'a budget a CPU affords' if real else 'a tenth of the baseline training (2 at least)'}. "
+        f"Seeds {list(cfg['seeds'])}: mean ± half-range. 'after pruning' is the one-shot "
         f"model (for gradual pruning: after its first step, half the cut). {minutes:.0f} min of jobs on 2 CPU cores.",
         "",
         *(["`--quick` is a smoke run on a baseline that detects nothing.", ""] if args.quick else []),
