@@ -20,7 +20,7 @@ from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
 from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
-from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion
+from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion, kept_batches
 
 DEFAULT_CRITERION = CRITERIA[0]
 DEFAULT_RATIO = 0.5  # ratio when neither ratio nor macs is given; configs/default.yaml's ``ratio`` (a test checks)
@@ -217,6 +217,7 @@ def prune(
         calib = None
         if need or repair != "none" or allocation in ("sensitivity", "information") or bn_recal:
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
+            keep = max(keep, kept_batches(criterion, batches))  # the batches the criterion reads again
             inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
             flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=repair == "lsq")
             flags["information"] = allocation == "information"  # map rank and entropy of every block's output
@@ -224,7 +225,7 @@ def prune(
         graph = build_graph(det)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the random criterion, reproducibly
-            groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha))
+            groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose)
         folders = {

@@ -57,6 +57,19 @@ class LayerCache:
         """The decoded head output per batch, rerunning the network from layer ``start``."""
         return [_decoded(self._run(y[start - 1] if start else None, start, y)[-1]) for y in self.outputs]
 
+    def tail(self, start: int, copies: int = 1, index: int = 0) -> torch.Tensor:
+        """The decoded head output of batch ``index`` rerun from layer ``start`` on ``copies`` stacked copies of it.
+
+        Copy ``k`` is rows ``k * B`` to ``(k + 1) * B``, so that hooks can give every copy its own inputs (one pass
+        for several trials). Only the kept outputs the rerun reads are copied.
+        """
+        y = self.outputs[index]
+        reads = {start - 1} | {
+            j for layer in self.model.model[start:] for j in ([layer.f] if isinstance(layer.f, int) else layer.f)
+        }
+        prefix = [y[j].repeat(copies, 1, 1, 1) if j in reads else None for j in range(start)]
+        return _decoded(self._run(prefix[start - 1] if start else None, start, prefix)[-1])
+
     def first_layer(self, convs) -> int:
         """The first top-level layer that holds one of ``convs``."""
         return min(self.layer_of[c] for c in convs)

@@ -9,6 +9,10 @@ Magnitude criteria are Torch-Pruning's own; the NEXP family is written here:
 - ``nexp_use``: what a consumer loses when the channel goes and its mean is folded in (the repair): the
   spread of the channel's values as each consumer receives them (half the mean squared distance between
   two of its samples) times the consumer's BN-normalised weight energy on it, summed over consumers.
+
+Rival criteria, for comparison: ``taylor`` and ``hessian`` (Torch-Pruning's, on the gradients of a
+self-supervised detection loss, :mod:`yolo_nexp.scoring.gradients`), ``lamp`` and ``fpgm`` (Torch-Pruning's, on
+the weights) and ``shapley`` (each channel's Shapley value of the output distortion, :mod:`yolo_nexp.scoring.shapley`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ import torch_pruning as tp
 from torch import nn
 
 from yolo_nexp.arch.family import bn_of_conv, conv_blocks
+from yolo_nexp.scoring.gradients import SizedReduce, hessian_importance, taylor_importance
 from yolo_nexp.scoring.nexp import nexp_continuous
+from yolo_nexp.scoring.shapley import ShapleyImportance
 
 CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")
+CRITERIA += ("taylor", "hessian", "lamp", "fpgm", "shapley")  # rivals: Torch-Pruning's gradient and weight ones
 # What each data-driven criterion needs from the calibration pass: the name of the calibrate() flag that records
-# it (see yolo_nexp.scoring.calibration.calibrate; the pruner turns NEEDS[criterion] into that flag).
+# it (see yolo_nexp.scoring.calibration.calibrate; the pruner turns NEEDS[criterion] into that flag), or "images"
+# for the kept batches alone (calibrate's keep_images; how many: kept_batches()).
 NEEDS = {"nexp": "firing", "hybrid": "firing", "nexpc": "spread", "nexp_use": "inputs"}
+NEEDS |= {"taylor": "images", "hessian": "images", "shapley": "inputs"}  # shapley also reads a kept batch
+# Calibration batches each criterion reads again after the calibration pass; None: every one of them.
+KEPT_BATCHES = {"taylor": None, "hessian": None, "shapley": 1}
 _OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
 
 
@@ -126,9 +137,21 @@ class HybridImportance(tp.importance.Importance):
         return self.alpha * _mean_one(n) + (1 - self.alpha) * _mean_one(m)
 
 
+class FPGMImportance(SizedReduce, tp.importance.FPGMImportance):
+    """Torch-Pruning's ``FPGMImportance``, one score per group channel (see :class:`~yolo_nexp.scoring.gradients.SizedReduce`)."""
+
+
 def _mean_one(x: torch.Tensor) -> torch.Tensor:
     """Scale to mean 1 (all-zero stays zero)."""
     return x / x.mean().clamp(min=1e-12)
+
+
+def kept_batches(criterion: str, batches: int) -> int:
+    """How many of the ``batches`` calibration batches ``criterion`` needs kept (calibrate's ``keep_images``)."""
+    if criterion not in KEPT_BATCHES:
+        return 0
+    kept = KEPT_BATCHES[criterion]
+    return batches if kept is None else min(kept, batches)
 
 
 def check_criterion(criterion: str) -> None:
@@ -137,14 +160,16 @@ def check_criterion(criterion: str) -> None:
         raise ValueError(f"criterion: unknown '{criterion}', choose one of {', '.join(CRITERIA)}.")
 
 
-def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float = 0.5):
+def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float = 0.5, seed: int = 0):
     """The importance object for ``criterion``.
 
     Args:
         criterion (str): One of :data:`CRITERIA`.
         model (nn.Module): The (split) model being pruned; scores are keyed by its modules.
-        calib (Calibration | None): The calibration statistics the criterion needs (see :data:`NEEDS`).
+        calib (Calibration | None): The calibration statistics the criterion needs (see :data:`NEEDS`), and the
+            batches it keeps (see :func:`kept_batches`).
         alpha (float): NEXP weight of the hybrid criterion.
+        seed (int): Seed of the ``shapley`` criterion's permutations.
 
     Raises:
         ValueError: If ``criterion`` is unknown, or needs calibration statistics and ``calib`` is None.
@@ -170,4 +195,16 @@ def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float 
         return tp.importance.BNScaleImportance()
     if criterion == "random":
         return tp.importance.RandomImportance()
+    if criterion in ("taylor", "hessian", "shapley") and not calib.images:
+        raise ValueError(f"criterion '{criterion}' needs calibration images kept (calibrate(..., keep_images=...)).")
+    if criterion == "taylor":  # |w * dL/dw| summed over each channel's weights, mean over the coupled layers
+        return taylor_importance(model, calib.images)
+    if criterion == "hessian":  # w^2 * mean per-sample (dL/dw)^2, the diagonal-Fisher Optimal Brain Damage
+        return hessian_importance(model, calib.images)
+    if criterion == "lamp":  # group L2 (as tp) over the sum of the scores not below it in its group
+        return tp.importance.LAMPImportance(p=2)
+    if criterion == "fpgm":  # summed distance of each filter's |w|^2 to the others': nearest the geometric median go
+        return FPGMImportance(p=2)
+    if criterion == "shapley":
+        return ShapleyImportance(model, calib.input_means(), calib.images[0], model.model[-1].nc, seed)
     raise ValueError(f"criterion '{criterion}' is listed in CRITERIA but has no importance object here.")
