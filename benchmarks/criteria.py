@@ -65,7 +65,7 @@ class Bench:
             t0 = time.perf_counter()
             report = yolo_nexp.prune(
                 model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                **{**self.calibration, **setting},
+                **{"passes": 1, **self.calibration, **setting},  # one pass unless the row says otherwise
             )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
@@ -140,6 +140,14 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
         # Torch-Pruning's examples/yolov8: group L2, the same ratio in every layer, 16 steps, no repair
         # (its fine-tuning between steps is left out: this table is one-shot)
         + [("tp / uniform / none / passes 16 (TP's yolov8 example)", {**tp_example, "passes": 16})],
+        "rivals": [  # one pass each, beside the default criterion's one-pass row
+            (f"{c} / lsq", {"criterion": c, "repair": "lsq", "allocation": "sensitivity"})
+            for c in (DEFAULT_CRITERION, "taylor", "hessian", "lamp", "fpgm")
+        ]
+        + [
+            (f"{DEFAULT_CRITERION} / lsq / {a} allocation", {**default, "allocation": a})
+            for a in ("information", "uniform")
+        ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
             for b in (2, 4, 8)
@@ -189,7 +197,7 @@ def main():
     intro = (
         f"Baseline: {base.describe()}; dense validation mAP50-95 **{dense:.3f}** "
         f"({'cached' if cached else f'trained in this run, {t_base / 60:.1f} min'}). "
-        f"Pruning: `macs=` target, round_to 1, calibration on {calibration['batches']} batches of "
+        f"Pruning: `macs=` target, round_to 1, one pass unless a row says otherwise, calibration on {calibration['batches']} batches of "
         f"{calibration['batch']} training images at {base.imgsz} px (sensitivity on the first batch); recovery: "
         f"{cfg['ft_epochs']} epoch(s) of NexpTrainer (no warm-up). Seeds {list(cfg['seeds'])}: mean ± half-range. "
         f"Validation: square inputs (rect=False), NMS time limit lifted (no figure is cut). "

@@ -109,6 +109,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "bn_recal": "BatchNorm re-estimation",
         "passes": "Passes (recalibrated between, no training) and BatchNorm re-estimation",
         "calibration": "Calibration batches",
+        "rivals": "Rival criteria and allocations (lsq repair)",
     }
     for name, title in titles.items():
         if name in tables:

@@ -187,8 +187,9 @@ def prune(
         model (ultralytics.YOLO | DetectionModel): The model to prune (modified in place).
         ratio (float | None): Fraction of channels to remove, in [0, 1): from every group (``uniform``) or in
             all (other allocations); :data:`DEFAULT_RATIO` (0.5) when neither ``ratio`` nor ``macs`` is given. Never rounds up.
-        criterion (str): Channel ranking, one of ``nexp_use``, ``nexp``, ``nexpc``, ``hybrid``, ``l1``, ``l2``,
-            ``tp``, ``bn``, ``random`` (see :mod:`yolo_nexp.scoring.criteria`).
+        criterion (str): Channel ranking, one of :data:`~yolo_nexp.scoring.criteria.CRITERIA`: the NEXP family
+            (``nexp_use``, ``nexp``, ``nexpc``, ``hybrid``), magnitudes (``l1``, ``l2``, ``tp``, ``bn``), ``random``,
+            and rivals (``taylor``, ``hessian``, ``lamp``, ``fpgm``, ``shapley``); see :mod:`yolo_nexp.scoring.criteria`.
         source (str | Path | Iterable): Calibration images (see :func:`yolo_nexp.score`).
         batches (int): Calibration batches.
         imgsz (int): Calibration input size, and the size MACs are reported at.
@@ -201,7 +202,8 @@ def prune(
         verbose (bool): Log progress and a summary.
         repair (str): ``mean`` folds each removed channel's calibration mean into its consumers; ``lsq`` first
             predicts it from the channels the consumer keeps (least squares) and folds that in; ``none`` does neither.
-        allocation (str): How many channels each group loses: ``uniform``, ``global`` or ``sensitivity``.
+        allocation (str): How many channels each group loses: ``uniform``, ``global``, ``sensitivity`` or
+            ``information`` (see :mod:`yolo_nexp.pruning.allocation`).
         bn_recal (bool): Re-estimate BatchNorm statistics on the calibration images after pruning.
         passes (int): Reach the target in this many smaller prunes (compounding shares of it, as gradual
             pruning does), each calibrated, scored, allocated and repaired on the model the previous one left;
