@@ -32,7 +32,7 @@ from ultralytics import YOLO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
-from benchmarks.criteria_tables import render  # noqa: E402
+from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
@@ -205,6 +205,9 @@ def main():
     )
     text = render(tables, dense, cfg, intro, command=f"python {' '.join(sys.argv)}", quick=args.quick)
     publish(text, args.out)
+    if args.out:
+        for name, rows in tables.items():  # retention against MACs cut, one line per row, seeds' range shaded
+            plot(rows, dense, args.out.with_name(f"{args.out.stem}-{name}.png"), f"{args.model}, {name} (dense {dense:.3f})")
 
 
 if __name__ == "__main__":

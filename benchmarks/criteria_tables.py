@@ -30,10 +30,34 @@ def table(rows: list, dense: float, recover=None) -> list[str]:
     cols = _columns(rows[0][1], recover)
     cuts = {cut: statistics.mean(r["cut"] for _, cells in rows for r in cells[cut]) for cut in rows[0][1]}
     head = [f"one-shot, -{cuts[c]:.1%} MACs" if k == "pruned" else f"recovered, -{cuts[c]:.1%} MACs" for c, k in cols]
-    lines = ["| setting | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+    lines = ["| setting | " + " | ".join(head) + " | prune (s) |", "|---|" + "---|" * (len(cols) + 1)]
     for label, cells in rows:
-        lines.append(f"| {label} | " + " | ".join(_cell([r[k] for r in cells[c]], dense) for c, k in cols) + " |")
+        seconds = statistics.mean(r["seconds"] for runs in cells.values() for r in runs)  # prune() alone, per cut
+        cells_text = " | ".join(_cell([r[k] for r in cells[c]], dense) for c, k in cols)
+        lines.append(f"| {label} | {cells_text} | {seconds:.0f} |")
     return lines
+
+
+def plot(rows: list, dense: float, path, title: str) -> None:
+    """Retention against the MACs cut, one line per setting, the seeds' range as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
+    for label, cells in rows:
+        cuts = sorted(cells)
+        x = [100 * statistics.mean(r["cut"] for r in cells[c]) for c in cuts]
+        runs = [[r["pruned"] / dense for r in cells[c]] for c in cuts]
+        ax.plot(x, [100 * statistics.mean(v) for v in runs], marker="o", label=label)
+        ax.fill_between(x, [100 * min(v) for v in runs], [100 * max(v) for v in runs], alpha=0.2)
+    ax.set_xlabel("MACs removed (%)")
+    ax.set_ylabel("share of dense mAP50-95 kept, one-shot (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def margins(rows: list, reference: str, dense: float, recover=None) -> list[str]:
