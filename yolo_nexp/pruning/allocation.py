@@ -38,16 +38,22 @@ def step_fraction(total: float, step: int, steps: int) -> float:
     return 1.0 - (1.0 - after) / (1.0 - before)
 
 
-def allowed_widths(size: int, round_to: int) -> list[int]:
-    """Widths a group may keep, widest first: its own, then multiples of ``round_to`` down to the floor."""
-    floor = max(min(round_to, size), math.ceil(size * (1 - MAX_REMOVED)))
+def allowed_widths(size: int, round_to: int, dense: int | None = None) -> list[int]:
+    """Widths a group may keep, widest first: its own, then multiples of ``round_to`` down to the floor.
+
+    The floor is set by the group's ``dense`` width (its own by default), so pruning in passes never takes a
+    group below the floor one pass would have left it.
+    """
+    dense = size if dense is None else dense
+    floor = min(size, max(min(round_to, dense), math.ceil(dense * (1 - MAX_REMOVED))))
     widths = [size] + list(range((size // round_to) * round_to, floor - 1, -round_to))
     return sorted({w for w in widths if floor <= w <= size}, reverse=True) or [size]
 
 
-def removal_steps(sets: list[list[PrunableGroup]], round_to: int) -> list[list[int]]:
-    """For each linked set, the widths it passes through (its first group's size first)."""
-    return [allowed_widths(s[0].size, round_to) for s in sets]
+def removal_steps(sets: list[list[PrunableGroup]], round_to: int, dense: list[int] | None = None) -> list[list[int]]:
+    """For each linked set, the widths it passes through (its first group's size first); floors from ``dense``."""
+    dense = dense or [None] * len(sets)
+    return [allowed_widths(s[0].size, round_to, d) for s, d in zip(sets, dense)]
 
 
 def uniform_order(widths) -> list[tuple[int, int]]:

@@ -122,11 +122,13 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
-def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose) -> tuple[list, list[int], float]:
+def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose, origin) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio or a MACs target under the chosen allocation, and the
     seconds the sensitivity estimate took."""
     sets = linked_sets(groups, det)
-    widths = alloc.removal_steps(sets, round_to)
+    names = {m: n for n, m in det.named_modules()}
+    dense = [origin.setdefault(names[s[0].module], s[0].size) for s in sets]  # the first pass records them
+    widths = alloc.removal_steps(sets, round_to, dense)
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
@@ -224,22 +226,32 @@ def prune(
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
-    if passes > 1:
-        if isinstance(source, Iterator):  # a generator would be spent by the first pass
-            source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
-        args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
-        args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
-        args["passes"] = 1
-        ((key, total),) = ({"macs": macs} if macs is not None else {"ratio": ratio}).items()
-        reports = []
-        for k in range(1, passes + 1):
-            # Each pass aims at its share of the target from what the passes before it actually removed, so
-            # rounding that left a pass short is made up by the next instead of adding up.
-            done = _removed(reports, key)
-            share = 1.0 - (1.0 - total * k / passes) / (1.0 - done)
-            if share > 0 or not reports:
-                reports.append(prune(model, **args, **{key: max(share, 0.0)}))
-        return PruneReport.chain(reports, macs_target=macs)
+    if isinstance(source, Iterator) and passes > 1:  # a generator would be spent by the first pass
+        source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
+    args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
+    args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
+    origin: dict[str, int] = {}  # every group's dense width, by its root conv's name: floors stay the dense model's
+    if passes == 1:
+        return _prune_once(model, ratio=ratio, macs=macs, origin=origin, **args)
+    ((key, total),) = ({"macs": macs} if macs is not None else {"ratio": ratio}).items()
+    reports = []
+    for k in range(1, passes + 1):
+        # Each pass aims at its share of the target from what the passes before it actually removed, so
+        # rounding that left a pass short is made up by the next instead of adding up.
+        share = 1.0 - (1.0 - total * k / passes) / (1.0 - _removed(reports, key))
+        if share > 0 or not reports:
+            target = {"ratio": None, "macs": None, key: max(share, 0.0)}
+            reports.append(_prune_once(model, **target, origin=origin, **args))
+    report = PruneReport.chain(reports, macs_target=macs)
+    report.floored = _floored(report.channels, round_to)
+    return report
+
+
+def _prune_once(
+    model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
+    bn_recal, origin,
+) -> PruneReport:  # fmt: skip
+    """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes."""
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -260,7 +272,9 @@ def prune(
             torch.manual_seed(seed)  # the random criterion, reproducibly
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
-        groups, kept, seconds_sensitivity = _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose)
+        groups, kept, seconds_sensitivity = _plan(
+            det, groups, calib, ratio, macs, allocation, round_to, verbose, origin
+        )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),
             "lsq": lambda: LeastSquaresFolder(det, calib.cross),
