@@ -34,7 +34,7 @@ OTHER_CRITERIA = {  # every block family and head meets a magnitude, a data-driv
     "yolo11n-obb.yaml": ("l1",),
     "yolo11n-pose.yaml": ("random",),
 }
-EXACT = dict(ratio=0.25, round_to=1, imgsz=IMGSZ, batches=1, batch=2, allocation="uniform", verbose=False)
+EXACT = dict(ratio=0.25, round_to=1, imgsz=IMGSZ, batches=1, batch=2, allocation="uniform", passes=1, verbose=False)
 
 
 def _flat(out) -> list[torch.Tensor]:
@@ -125,7 +125,7 @@ def nexp_pruned(tmp_path_factory):
     for cfg in FAMILIES:
         model = informative(YOLO(cfg))
         dense = {s: [o.shape for o in _outputs(model.model, torch.rand(1, 3, s, s))] for s in (64, 128)}
-        kw = dict(criterion="nexp", source="noise", allocation="uniform", imgsz=IMGSZ, batches=1, batch=4)
+        kw = dict(criterion="nexp", source="noise", allocation="uniform", imgsz=IMGSZ, batches=1, batch=4, passes=1)
         report = yolo_nexp.prune(model, ratio=0.5, **kw)  # uniform: every prunable group loses half
         path = folder / cfg.replace(".yaml", ".pt")
         model.save(path)
@@ -147,7 +147,9 @@ def test_nexp_on_noise_prunes_every_family(cfg, nexp_pruned):
 def test_other_criteria_prune_every_block_family(cfg, criterion):
     model = YOLO(cfg)
     dense = {s: [o.shape for o in _outputs(model.model, torch.rand(1, 3, s, s))] for s in (64,)}
-    report = yolo_nexp.prune(model, ratio=0.5, criterion=criterion, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+    report = yolo_nexp.prune(
+        model, ratio=0.5, criterion=criterion, imgsz=IMGSZ, batches=1, batch=2, passes=1, verbose=False
+    )
     assert report.macs_after < report.macs_before and report.params_after < report.params_before
     _check_pruned_structure(model.model, dense)
 

@@ -157,7 +157,9 @@ def test_calibration_records_input_moments_only_when_read(yolov8n, monkeypatch, 
         return calibrate(*args, **flags)
 
     monkeypatch.setattr(pruner, "calibrate", spy)
-    yolo_nexp.prune(yolov8n, ratio=0.25, imgsz=IMGSZ, batches=1, batch=2, verbose=False, **kw)
+    yolo_nexp.prune(
+        yolov8n, ratio=0.25, imgsz=IMGSZ, batches=1, batch=2, passes=1, verbose=False, **kw
+    )  # one calibration
     assert asked == [inputs]
 
 
@@ -192,6 +194,7 @@ def test_nexp_prunes_dead_channels_first(tiny_data):
         criterion="nexp",
         repair="none",
         allocation="uniform",
+        passes=1,  # in one pass: the dead channels are exactly the ratio removed
         **kw,
     )
     torch.testing.assert_close(per_channel(block.bn), lively)  # exactly the channels with NEXP > 0, in order

@@ -144,7 +144,7 @@ def pruned_pt(tmp_path_factory):
         if task not in done:
             torch.manual_seed(0)
             model = informative(YOLO(RUNS[task]))
-            yolo_nexp.prune(model, ratio=0.5, imgsz=IMGSZ, batches=1, batch=2, verbose=False)
+            yolo_nexp.prune(model, ratio=0.5, imgsz=IMGSZ, batches=1, batch=2, passes=1, verbose=False)
             done[task] = tmp_path_factory.mktemp(f"pt-{task}") / "pruned.pt"
             model.save(done[task])
         return done[task]
