@@ -144,9 +144,12 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             (f"{c} / lsq", {"criterion": c, "repair": "lsq", "allocation": "sensitivity"})
             for c in (DEFAULT_CRITERION, "taylor", "hessian", "fpgm")  # lamp orders a group as tp does
         ]
+        + [(f"{DEFAULT_CRITERION} / lsq / {a} allocation", {**default, "allocation": a}) for a in ("information",)]
         + [
-            (f"{DEFAULT_CRITERION} / lsq / {a} allocation", {**default, "allocation": a})
-            for a in ("information",)
+            (
+                "taylor / lsq / passes 4",
+                {"criterion": "taylor", "repair": "lsq", "allocation": "sensitivity", "passes": 4},
+            )
         ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
