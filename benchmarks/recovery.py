@@ -193,12 +193,15 @@ def main():
     ap.add_argument("--model", default=None, help="the baseline's scale (default yolov8n)")
     ap.add_argument("--criteria", nargs="+", default=None, help=f"criteria to run (default {FULL['criteria']})")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1)")
+    ap.add_argument("--methods", nargs="+", default=None, help="run only these methods (labels of the table)")
     args = ap.parse_args()
     real = args.model == RealModel.model
     cfg = dict(REAL if real else QUICK if args.quick else FULL)
     if real:
         cfg["base"] = RealModel()
         cfg["methods"] = real_methods(cfg["base"].weights())
+        if args.methods:
+            cfg["methods"] = {m: a for m, a in cfg["methods"].items() if m in args.methods}
     else:
         cfg["base"] = dataclasses.replace(cfg["base"], model=args.model) if args.model else cfg["base"]
         cfg["methods"] = METHODS
