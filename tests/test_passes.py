@@ -28,7 +28,6 @@ def test_passes_reach_the_macs_target_and_recalibrate_on_the_pruned_model(monkey
         report.channels["model.0"][0] == 16 and report.channels["model.0"][1] == model.model.model[0].conv.out_channels
     )
     assert seen[1] == 16 and seen[2] <= 16 and seen[3] <= seen[2]
-    assert seen[1:] != [16, 16, 16] or report.channels["model.0"][1] == 16  # a pass ran on an already pruned model
     assert report.seconds_scoring > 0 and "3 passes" in report.summary()
 
 
