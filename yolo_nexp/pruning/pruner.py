@@ -264,7 +264,8 @@ def _prune_once(
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
             keep = max(keep, kept_batches(criterion, batches))  # the batches the criterion reads again
             inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
-            flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=repair == "lsq")
+            cross = repair == "lsq" or need == "cross"  # the covariances of the lsq repair and of nexp_lsq
+            flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=cross)
             flags["information"] = allocation == "information"  # map rank and entropy of every block's output
             calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
         graph = build_graph(det)
