@@ -81,6 +81,22 @@ class NexpPruneCallback:
             trainer.get_model = partial(keep_pruned_get_model, trainer, trainer.get_model)
             trainer.add_callback("on_train_start", distill.install)
 
+    def check_single_process(self, trainer) -> None:
+        """Refuse a schedule with steps still to do in a multi-GPU (DDP) run, in every worker, before any epoch.
+
+        Raises:
+            RuntimeError: If ``trainer.world_size > 1`` and a pruning step falls in an epoch still to train.
+        """
+        if trainer.world_size > 1 and any(self.step_at(e) for e in range(trainer.start_epoch, trainer.epochs)):
+            # Each DDP worker holds its own copy of this callback (Ultralytics pickles the callbacks for it): each
+            # would score its own share of the data, prune its own copy of the model to different channels, and
+            # replace parameters that DistributedDataParallel has already registered for gradient averaging.
+            raise RuntimeError(
+                "yolo-nexp: pruning during training runs in a single process; with several GPUs (DDP) each worker "
+                "would prune its own copy differently. Prune first (yolo_nexp.prune, or yolo-nexp prune with "
+                "steps=1), then fine-tune on several GPUs with trainer=NexpTrainer."
+            )
+
     def on_train_epoch_start(self, trainer) -> None:
         """Prune if this epoch is one of the schedule's; before the first, keep the model as the teacher."""
         step = self.step_at(trainer.epoch)
@@ -112,6 +128,7 @@ class NexpPruneCallback:
     def register(self, model) -> NexpPruneCallback:
         """Add these callbacks to an Ultralytics ``YOLO`` object; returns ``self``."""
         model.add_callback("on_pretrain_routine_start", self.on_pretrain_routine_start)
+        model.add_callback("on_train_start", self.check_single_process)
         model.add_callback("on_train_epoch_start", self.on_train_epoch_start)
         return self
 

@@ -6,6 +6,12 @@ first run, ``resume=True`` and Ultralytics' DDP workers. :func:`install` puts :c
 in place of the model's criterion when training starts; it is a plain object, not an ``nn.Module``,
 so the teacher never enters the model's state dict, the EMA or a saved ``best.pt``/``last.pt``.
 
+Under DDP (``device=0,1``) each worker runs :func:`install` itself at ``on_train_start``, after Ultralytics has
+moved its model to ``cuda:LOCAL_RANK`` and wrapped it in ``DistributedDataParallel``: it reads the file from the
+shared run folder and puts its own frozen copy of the teacher on that GPU, outside what DDP synchronises. The
+folder survives the launch because :meth:`~yolo_nexp.training.trainers.KeepPruned.train` keeps Ultralytics'
+launcher from deleting it (README, "Multi-GPU (DDP) recovery").
+
 Loss = the task's own loss + ``weight`` x (class KD + box KD), per anchor of the same input:
 
 - class KD: binary KL divergence from the teacher's class probabilities to the student's, summed over

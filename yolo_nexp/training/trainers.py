@@ -60,6 +60,23 @@ class KeepPruned:
         super().__init__(*args, **kwargs)
         self.add_callback("on_train_start", install)
 
+    def train(self):
+        """Ultralytics' ``train``; when it launches DDP workers, the run folder is kept for them.
+
+        Ultralytics' launcher (``generate_ddp_command`` in ``ultralytics/utils/dist.py``) deletes the run folder
+        before it starts the workers unless the run resumes; the workers then rebuild it, empty.
+        """
+        if not self.ddp or self.resume:
+            return super().train()
+        # The folder holds what the workers need: the teacher (weights/teacher.pt), and for the prune job also
+        # pruned.pt and the data split of a recovery without labels. In the DDP parent only that launcher reads
+        # ``self.resume``, so setting it keeps the folder and changes nothing else; the workers read ``args.resume``.
+        self.resume = True
+        try:
+            return super().train()
+        finally:
+            self.resume = False
+
     def check_resume(self, overrides):
         """Refuse an unsafe ``resume`` checkpoint (see :mod:`yolo_nexp.checkpoints.loader`) before Ultralytics unpickles it."""
         check_resume(self.args.resume)
