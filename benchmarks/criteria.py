@@ -151,6 +151,11 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
                 {"criterion": "taylor", "repair": "lsq", "allocation": "sensitivity", "passes": 4},
             )
         ],
+        "lsq criterion": [  # nexp_use (mean-repair loss) against nexp_lsq (the loss the lsq repair leaves)
+            (f"{c} / lsq / passes {k}", {"criterion": c, "repair": "lsq", "allocation": "sensitivity", "passes": k})
+            for k in (4, 1)
+            for c in (DEFAULT_CRITERION, "nexp_lsq")
+        ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
             for b in (2, 4, 8)

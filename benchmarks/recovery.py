@@ -45,6 +45,7 @@ FULL = dict(cuts=(0.46, 0.70), criteria=(DEFAULT_CRITERION, "tp"), seeds=(0, 1),
 QUICK = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), base=Baseline(n_train=48, n_val=16, epochs=5))
 ULTRALYTICS_DEFAULTS = ["optimizer=auto", "lr0=0.01", "warmup_epochs=3", "mosaic=1.0"]  # Ultralytics' own
 # The real model: a CPU budget of 3 epochs over the 128 fidelity-labelled training images at 640 px, batch 16.
+LR_SWEEP = (0.003, 0.01)  # learning rates tried beside the job's lr0=0.001 (SGD, no warm-up, no mosaic)
 REAL = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), epochs=3, job_args=["rect=False"])
 
 
@@ -56,6 +57,7 @@ def real_methods(teacher: Path) -> dict:
         "Ultralytics distill_model": ["distill=0", f"distill_model={teacher}"],
         "both distillations": ["distill=1", f"distill_model={teacher}"],
         "distill, Ultralytics' training defaults": ["distill=1", *ULTRALYTICS_DEFAULTS],
+        **{f"distill, lr0={lr}": ["distill=1", f"lr0={lr}"] for lr in LR_SWEEP},  # the job's SGD, other rates
     }
 
 

@@ -8,7 +8,9 @@ Magnitude criteria are Torch-Pruning's own; the NEXP family is written here:
   maps): it also sees how far apart the maps are, not only whether they cross zero;
 - ``nexp_use``: what a consumer loses when the channel goes and its mean is folded in (the repair): the
   spread of the channel's values as each consumer receives them (half the mean squared distance between
-  two of its samples) times the consumer's BN-normalised weight energy on it, summed over consumers.
+  two of its samples) times the consumer's BN-normalised weight energy on it, summed over consumers;
+- ``nexp_lsq``: the same loss for the least-squares repair: only the part of the channel that the channels
+  kept cannot predict counts, channels removed greedily with the refit updated (:mod:`yolo_nexp.scoring.surgeon`).
 
 Rival criteria, for comparison: ``taylor`` and ``hessian`` (Torch-Pruning's, on the gradients of a
 self-supervised detection loss, :mod:`yolo_nexp.scoring.gradients`), ``lamp`` and ``fpgm`` (Torch-Pruning's, on
@@ -25,13 +27,14 @@ from yolo_nexp.arch.family import bn_of_conv, conv_blocks
 from yolo_nexp.scoring.gradients import SizedReduce, hessian_importance, taylor_importance
 from yolo_nexp.scoring.nexp import nexp_continuous
 from yolo_nexp.scoring.shapley import ShapleyImportance
+from yolo_nexp.scoring.surgeon import SurgeonImportance
 
-CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")
+CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random", "nexp_lsq")
 CRITERIA += ("taylor", "hessian", "lamp", "fpgm", "shapley")  # rivals: Torch-Pruning's gradient and weight ones
 # What each data-driven criterion needs from the calibration pass: the name of the calibrate() flag that records
 # it (see yolo_nexp.scoring.calibration.calibrate; the pruner turns NEEDS[criterion] into that flag), or "images"
 # for the kept batches alone (calibrate's keep_images; how many: kept_batches()).
-NEEDS = {"nexp": "firing", "hybrid": "firing", "nexpc": "spread", "nexp_use": "inputs"}
+NEEDS = {"nexp": "firing", "hybrid": "firing", "nexpc": "spread", "nexp_use": "inputs", "nexp_lsq": "cross"}
 NEEDS |= {"taylor": "images", "hessian": "images", "shapley": "inputs"}  # shapley also reads a kept batch
 # Calibration batches each criterion reads again after the calibration pass; None: every one of them.
 KEPT_BATCHES = {"taylor": None, "hessian": None, "shapley": 1}
@@ -179,6 +182,10 @@ def build_importance(criterion: str, model: nn.Module, calib=None, alpha: float 
         raise ValueError(f"criterion '{criterion}' needs calibration statistics.")
     if criterion == "nexp_use":
         return ConsumerUseImportance({conv: m.var for conv, m in calib.inputs.items()}, model)
+    if criterion == "nexp_lsq":
+        if not calib.cross:
+            raise ValueError("criterion 'nexp_lsq' needs the input covariances (calibrate(..., cross=True)).")
+        return SurgeonImportance(calib.cross, ConsumerUseImportance(None, model).output_scale)
     if criterion in ("nexp", "hybrid", "nexpc"):
         blocks = conv_blocks(model)
         if criterion == "nexpc":
