@@ -90,8 +90,8 @@ def parse_args(pairs: list[str]) -> tuple[dict, dict]:
     recipe = _load_recipe(cli.pop("cfg")) if "cfg" in cli else {}
     plugin, ultralytics = load_defaults()
     given = {**recipe, **cli}
-    if given.get("macs") is not None and "ratio" not in given:
-        plugin["ratio"] = None  # a MACs target replaces the default ratio
+    if (given.get("macs") is not None or given.get("latency") is not None) and "ratio" not in given:
+        plugin["ratio"] = None  # a MACs or latency target replaces the default ratio
     for key, value in given.items():
         if key in plugin:
             plugin[key] = value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from yolo_nexp.checkpoints.loader import load
 from yolo_nexp.checkpoints.safety import UnsafeCheckpointError, check_checkpoint
 from yolo_nexp.coco import NOT_AVAILABLE, coco_metrics, find_annotations
 from yolo_nexp.export import export
+from yolo_nexp.latency.target import open_bench
 from yolo_nexp.pruning.pruner import prune, prune_kwargs
 from yolo_nexp.report import macs_and_params, plot_channels, save_json, stage_table
 from yolo_nexp.scoring.sources import image_files
@@ -33,13 +33,8 @@ from yolo_nexp.training.recovery import (
     recovery_report,
     schedule,
 )
-from yolo_nexp.utils import atomic_write, first_line
+from yolo_nexp.utils import atomic_write, cache_dir, first_line
 from yolo_nexp.validation import uncut_nms
-
-
-def cache_dir() -> Path:
-    """Where generated data is cached: ``$YOLO_NEXP_CACHE`` or ``~/.cache/yolo-nexp``."""
-    return Path(os.environ.get("YOLO_NEXP_CACHE", Path.home() / ".cache" / "yolo-nexp"))
 
 
 def resolve_data(data, model=None, trust: bool = False) -> str:
@@ -147,8 +142,9 @@ def _stage(yolo: YOLO, overrides: dict, metrics, coco: dict | None) -> dict:
 
 
 def _default_name(model: str, plugin: dict) -> str:
-    """``<model stem>-<criterion><ratio %>``, or ``...-macs<target %>`` for a MACs target."""
-    amount = f"macs{round(plugin['macs'] * 100)}" if plugin["macs"] is not None else round(plugin["ratio"] * 100)
+    """``<model stem>-<criterion><ratio %>``, or ``...-macs<target %>`` / ``...-latency<target %>`` for those targets."""
+    amount = f"macs{round(plugin['macs'] * 100)}" if plugin["macs"] is not None else round((plugin["ratio"] or 0) * 100)
+    amount = f"latency{round(plugin['latency'] * 100)}" if plugin.get("latency") is not None else amount
     return f"{Path(model).stem}-{plugin['criterion']}{amount}"
 
 
@@ -188,9 +184,15 @@ def _job(plugin: dict, overrides: dict, command: str, cuts) -> dict:
     source = overrides["data"] if plugin["source"] == "train" else plugin["source"]
     teacher = copy.deepcopy(detection_model(yolo)) if plugin["distill"] > 0 and epochs > 0 else None
     kw = first_step(prune_kwargs(plugin), plugin["steps"])
+    bench, note = None, ""
+    if kw.get("latency") is None:  # a latency target measures itself; any other job is timed here, before and after
+        bench, note = open_bench(yolo, plugin["backend"], overrides["imgsz"], plugin["latency_batch"])
     report = prune(
         yolo, source=source, imgsz=overrides["imgsz"], batch=overrides["batch"], seed=overrides["seed"], **kw
     )
+    if bench is not None:
+        bench.fill(report, detection_model(yolo))
+    report.latency_note = report.latency_note or note
     atomic_write(save_dir / "weights" / "pruned.pt", yolo.save)
     stages["pruned"] = _validate(yolo, overrides, save_dir, "pruned", coco)
 
@@ -216,6 +218,7 @@ def _job(plugin: dict, overrides: dict, command: str, cuts) -> dict:
         "coco": str(annotations) if annotations else NOT_AVAILABLE,
         "macs_reduction": 1 - stages["pruned"]["macs"] / stages["dense"]["macs"],
         "params_reduction": 1 - stages["pruned"]["params"] / stages["dense"]["params"],
+        "speedup": report.speedup,  # dense / pruned latency on the backend (None: not measured, see prune.latency_note)
         "prune": report.to_dict(),
         "recovery": recovery,
         "seconds": {
@@ -238,7 +241,10 @@ def _job(plugin: dict, overrides: dict, command: str, cuts) -> dict:
         report.channels, save_dir / "channels.png", title=f"{Path(model_arg).stem}: {report.summary().split(':')[0]}"
     )
     curve = f"\n{curve_line(recovery)}" if recovery else ""
-    LOGGER.info(f"\n{stage_table(stages)}{curve}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)")
+    speed = f"\n{report.latency_line()}" if report.latency_ms or report.latency_note else ""
+    LOGGER.info(
+        f"\n{stage_table(stages)}{speed}{curve}\n\nResults saved to {save_dir} (report.json, channels.png, weights/)"
+    )
     return result
 
 

@@ -47,6 +47,13 @@ class PruneReport:
         allocation (str): How channels were allocated across layers (``uniform``, ``global``, ``sensitivity``).
         bn_recal (bool): Whether BatchNorm statistics were re-estimated on the calibration images.
         passes (int): Prunes it took, each recalibrated on the model the previous one left.
+        latency_target (float | None): Latency ratio asked for (``latency=``).
+        backend (str | None): Backend the latencies were measured on (None: not measured).
+        latency_batch (int): Images per timed run.
+        latency_ms (dict | None): ``{"dense": ..., "pruned": ...}``, each the milliseconds per run (median,
+            p25, p75, min, max, runs) of the exported model, the two timed in interleaved rounds.
+        latency_met (bool | None): Whether the measured ratio is at most ``latency_target`` (None: no target).
+        latency_note (str): Why latency was not measured, or that the target was not met.
     """
 
     criterion: str
@@ -68,6 +75,17 @@ class PruneReport:
     allocation: str = "uniform"
     bn_recal: bool = False
     passes: int = 1
+    latency_target: float | None = None
+    backend: str | None = None
+    latency_batch: int = 1
+    latency_ms: dict | None = None
+    latency_met: bool | None = None
+    latency_note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        """Dense latency / pruned latency (medians) on the backend, or None when not measured."""
+        return self.latency_ms["dense"]["median"] / self.latency_ms["pruned"]["median"] if self.latency_ms else None
 
     @property
     def macs_reduction(self) -> float:
@@ -81,7 +99,8 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         """Plain dict, with the reductions, for JSON."""
-        return {**asdict(self), "macs_reduction": self.macs_reduction, "params_reduction": self.params_reduction}
+        reductions = {"macs_reduction": self.macs_reduction, "params_reduction": self.params_reduction}
+        return {**asdict(self), **reductions, "speedup": self.speedup}
 
     @classmethod
     def chain(cls, reports: list[PruneReport], macs_target: float | None = None) -> PruneReport:
@@ -111,6 +130,23 @@ class PruneReport:
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"sensitivity {self.seconds_sensitivity:.1f}s, surgery {self.seconds_surgery:.1f}s"
             + (f" ({self.passes} passes)" if self.passes > 1 else "")
+            + (f"; {self.latency_line()}" if self.latency_ms or self.latency_note else "")
+        )
+
+    def latency_line(self) -> str:
+        """Dense and pruned latency (median, p25-p75) on the backend and the speed-up beside the MACs cut, or the note."""
+        if not self.latency_ms:
+            return self.latency_note
+        d, p = self.latency_ms["dense"], self.latency_ms["pruned"]
+        target = (
+            f", target {self.latency_target:g}: {'met' if self.latency_met else 'NOT met'}"
+            if self.latency_target
+            else ""
+        )
+        return (
+            f"latency on {self.backend} (batch {self.latency_batch}) {d['median']:.2f} ms [{d['p25']:.2f}-{d['p75']:.2f}] "
+            f"-> {p['median']:.2f} ms [{p['p25']:.2f}-{p['p75']:.2f}] (ratio {p['median'] / d['median']:.3f}{target}): "
+            f"{self.speedup:.2f}x faster for {self.macs_before / self.macs_after:.2f}x fewer MACs"
         )
 
 

@@ -1,4 +1,4 @@
-"""Small helpers every stage shares: an all-or-nothing file write, a temporary train/eval mode, an error's first line."""
+"""Small helpers every stage shares: the cache folder, an all-or-nothing file write, a temporary train/eval mode, an error's first line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 from torch import nn
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$YOLO_NEXP_CACHE`` or ``~/.cache/yolo-nexp``."""
+    return Path(os.environ.get("YOLO_NEXP_CACHE", Path.home() / ".cache" / "yolo-nexp"))
 
 
 def atomic_write(path: str | Path, write) -> Path:

@@ -8,7 +8,8 @@ the two halves of a C2f, which must stay equal) from one allowed width to the ne
   same fraction (as Torch-Pruning's layer-uniform ratio, but rounding never removes more than asked);
 - ``global``: steps ordered by the importance of the most important channel they remove, so channels
   compete across layers (the criterion's scores must then be comparable across layers);
-- ``sensitivity``: steps ordered by measured output distortion per MAC saved (see :mod:`.sensitivity`);
+- ``sensitivity``: steps ordered by measured output distortion per MAC saved (see :mod:`.sensitivity`), or per
+  millisecond saved on a backend for a latency target (see :mod:`yolo_nexp.latency`);
 - ``information``: steps ordered so that each set loses a share set by its information concentration, the
   fusion of its feature maps' rank and entropy (see :mod:`.information`).
 
@@ -72,19 +73,24 @@ def global_order(sets, widths) -> list[tuple[int, int]]:
     return [(i, w) for *_, i, w in sorted(steps)]
 
 
-def sensitivity_order(sets, widths, distortion, macs: MacsModel) -> list[tuple[int, int]]:
-    """Greedy: always the next step of the set whose next step costs the least distortion per MAC saved.
+def sensitivity_order(sets, widths, distortion, macs: MacsModel | None = None, saved=None) -> list[tuple[int, int]]:
+    """Greedy: always the next step of the set whose next step costs the least distortion per unit saved.
 
     Args:
         distortion (list[dict[int, float]]): Per set, the output distortion measured at some widths.
+        macs (MacsModel | None): What a step saves by default: the conv MACs of the channels it removes.
+        saved (callable | None): Instead of MACs, ``saved(i, before, after)``: what set ``i``'s step from
+            ``before`` to ``after`` channels saves (e.g. milliseconds on a backend, :mod:`yolo_nexp.latency`).
     """
     curves = [_curve(ws[0], d) for ws, d in zip(widths, distortion)]
-    saved = [_macs_per_channel(s, macs) for s in sets]
+    if saved is None:
+        per_channel = [_macs_per_channel(s, macs) for s in sets]
+        saved = lambda i, before, after: per_channel[i] * (before - after)  # noqa: E731
 
-    def key(i: int, k: int) -> float:  # distortion added per MAC saved by the k-th step of set i
+    def key(i: int, k: int) -> float:  # distortion added per unit saved by the k-th step of set i
         before, after = widths[i][k - 1], widths[i][k]
         rise = _interpolate(curves[i], widths[i][0] - after) - _interpolate(curves[i], widths[i][0] - before)
-        return rise / max(saved[i] * (before - after), 1e-12)
+        return rise / max(saved(i, before, after), 1e-12)
 
     heap = [(key(i, 1), i, 1) for i, ws in enumerate(widths) if len(ws) > 1]
     heapq.heapify(heap)

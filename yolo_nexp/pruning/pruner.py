@@ -13,89 +13,24 @@ from ultralytics.utils import LOGGER
 
 from yolo_nexp.arch.family import c2f_split, conv_widths, detection_model
 from yolo_nexp.pruning import allocation as alloc
+from yolo_nexp.pruning.args import (  # noqa: F401  (re-exported: the API's defaults and checks live there)
+    DEFAULT_CRITERION,
+    DEFAULT_PASSES,
+    DEFAULT_RATIO,
+    PLUGIN_KEYS,
+    check_prune_args,
+    prune_kwargs,
+)
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.linear_sensitivity import estimate
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
-from yolo_nexp.pruning.repair import MeanFolder, check_repair, reestimate_batchnorm
+from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
-from yolo_nexp.scoring.criteria import CRITERIA, NEEDS, build_importance, check_criterion, kept_batches
+from yolo_nexp.scoring.criteria import NEEDS, build_importance, kept_batches
 
-DEFAULT_CRITERION = CRITERIA[0]
-DEFAULT_RATIO = 0.5  # ratio when neither ratio nor macs is given; configs/default.yaml's ``ratio`` (a test checks)
-# Prunes the target is reached in, each recalibrated on the model the last left: on the real-model benchmark 4
-# passes kept 23% of mAP50-95 at -46% MACs where one kept 6-9% (2 seeds), at about 2.5x the prune time.
-DEFAULT_PASSES = 4  # configs/default.yaml's ``passes`` (a test checks)
 SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is estimated on (one forward, two backward passes)
-
-
-def check_prune_args(
-    ratio=None,
-    macs=None,
-    criterion: str = DEFAULT_CRITERION,
-    alpha: float = 0.5,
-    round_to: int = 8,
-    batches: int = 4,
-    repair: str = "lsq",
-    allocation: str = "sensitivity",
-    bn_recal: bool = False,
-    global_pruning: bool = False,
-    passes: int = DEFAULT_PASSES,
-) -> None:
-    """Validate pruning arguments before any work is done; every message names the argument and what to give.
-
-    Raises:
-        ValueError: For the first argument that is out of range or of the wrong type.
-    """
-
-    def number(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    def whole(x) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    if ratio is not None and macs is not None:
-        raise ValueError("ratio and macs: give one of them, not both (ratio removes channels, macs targets MACs).")
-    if ratio is not None and not (number(ratio) and 0.0 <= ratio < 1.0):
-        raise ValueError(f"ratio must be a number in [0, 1), e.g. ratio=0.5; got {ratio!r}.")
-    if macs is not None and not (number(macs) and 0.0 < macs < 1.0):
-        raise ValueError(f"macs must be the fraction of MACs to remove, in (0, 1), e.g. macs=0.46; got {macs!r}.")
-    check_criterion(criterion)
-    if not (number(alpha) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be a number in [0, 1] (1 = pure NEXP); got {alpha!r}.")
-    if not (whole(round_to) and round_to >= 1):
-        raise ValueError(f"round_to must be a whole number >= 1 (1 disables rounding); got {round_to!r}.")
-    if not (whole(batches) and batches >= 1):
-        raise ValueError(f"batches must be a whole number >= 1; got {batches!r}.")
-    check_repair(repair)
-    if allocation not in alloc.ALLOCATIONS:
-        raise ValueError(f"allocation: unknown '{allocation}', choose one of {', '.join(alloc.ALLOCATIONS)}.")
-    if not isinstance(bn_recal, bool):
-        raise ValueError(f"bn_recal must be True or False; got {bn_recal!r}.")
-    if not isinstance(global_pruning, bool):
-        raise ValueError(f"global must be True or False; got {global_pruning!r}.")
-    if not (whole(passes) and 1 <= passes <= 20):
-        raise ValueError(f"passes must be a whole number from 1 to 20 (1 prunes in one go); got {passes!r}.")
-
-
-PLUGIN_KEYS = (
-    "ratio",
-    "macs",
-    "criterion",
-    "alpha",
-    "round_to",
-    "batches",
-    "repair",
-    "allocation",
-    "bn_recal",
-    "passes",
-)
-
-
-def prune_kwargs(plugin: dict) -> dict:
-    """The :func:`prune` arguments among the plugin's arguments (``configs/default.yaml``; ``global`` is renamed)."""
-    return {**{k: plugin[k] for k in PLUGIN_KEYS if k in plugin}, "global_pruning": plugin.get("global", False)}
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:
@@ -122,11 +57,14 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
-def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose, origin) -> tuple[list, list[int], float]:
-    """Groups and the width each keeps, for a ratio or a MACs target under the chosen allocation, and the
-    seconds the sensitivity estimate took."""
+def _plan(
+    det, groups, calib, ratio, macs, allocation, round_to, verbose, origin, latency=None
+) -> tuple[list, list[int], float]:
+    """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
+    under the chosen allocation, and the seconds the sensitivity estimate took."""
     sets = linked_sets(groups, det)
     names = {m: n for n, m in det.named_modules()}
+    keys = [names[s[0].module] for s in sets]  # the sets' names in the latency table
     dense = [origin.setdefault(names[s[0].module], s[0].size) for s in sets]  # the first pass records them
     widths = alloc.removal_steps(sets, round_to, dense)
     macs_model = MacsModel(det)
@@ -135,12 +73,15 @@ def _plan(det, groups, calib, ratio, macs, allocation, round_to, verbose, origin
         nc = det.model[-1].nc
         images = calib.images[:SENSITIVITY_BATCHES]
         curves = estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)
-        order = alloc.sensitivity_order(sets, widths, curves, macs_model)
+        saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
+        order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
         order = information_order(widths, set_concentration(sets, conv_concentration(det, calib.information)))
     else:
         order = alloc.global_order(sets, widths) if allocation == "global" else alloc.uniform_order(widths)
-    if macs is not None:
+    if latency is not None:
+        n = latency.steps(keys, widths, order)
+    elif macs is not None:
         n = alloc.steps_for_macs(sets, widths, order, macs, macs_model)
     else:
         n = alloc.steps_for_ratio(sets, widths, order, ratio, allocation)
@@ -178,6 +119,9 @@ def prune(
     allocation: str = "sensitivity",
     bn_recal: bool = False,
     passes: int = DEFAULT_PASSES,
+    latency: float | None = None,
+    backend: str = "onnxruntime",
+    latency_batch: int = 1,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -210,6 +154,11 @@ def prune(
         passes (int): Reach the target in this many smaller prunes (compounding shares of it, as gradual
             pruning does), each calibrated, scored, allocated and repaired on the model the previous one left;
             1 prunes in one go (faster, worse beyond small cuts).
+        latency (float | None): Instead of ``ratio`` or ``macs``: the fraction of the dense model's latency on
+            ``backend``, measured, to reach (0.5: twice as fast); steps are ordered by distortion per millisecond
+            saved and the whole model is timed after each pass (see :mod:`yolo_nexp.latency.target`).
+        backend (str): Where ``latency`` is measured: ``onnxruntime`` (Ultralytics' ONNX export) or ``openvino``.
+        latency_batch (int): Images per timed run (the batch deployed).
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -222,15 +171,26 @@ def prune(
         >>> model.save("yolov8n-pruned.pt")
     """
     check_prune_args(
-        ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes
+        ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
+        latency, backend, latency_batch,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
-    ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
+    ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
     if isinstance(source, Iterator) and passes > 1:  # a generator would be spent by the first pass
         source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
     args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
     args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
     origin: dict[str, int] = {}  # every group's dense width, by its root conv's name: floors stay the dense model's
+    if latency is not None:
+        from yolo_nexp.latency.target import prune_to_latency
+
+        def one_pass(goal):
+            return _prune_once(model, ratio=None, macs=None, origin=origin, latency=goal, **args)
+
+        lat = dict(backend=backend, batch=latency_batch, imgsz=imgsz, passes=passes, round_to=round_to, verbose=verbose)
+        report = prune_to_latency(model, latency, one_pass, **lat)
+        report.floored = _floored(report.channels, round_to)
+        return report
     if passes == 1:
         return _prune_once(model, ratio=ratio, macs=macs, origin=origin, **args)
     ((key, total),) = ({"macs": macs} if macs is not None else {"ratio": ratio}).items()
@@ -249,9 +209,10 @@ def prune(
 
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
-    bn_recal, origin,
+    bn_recal, origin, latency=None,
 ) -> PruneReport:  # fmt: skip
-    """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes."""
+    """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes, and
+    ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``."""
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -274,7 +235,7 @@ def _prune_once(
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, verbose, origin
+            det, groups, calib, ratio, macs, allocation, round_to, verbose, origin, latency
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),

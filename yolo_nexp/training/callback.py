@@ -36,6 +36,8 @@ class NexpPruneCallback:
         steps (int): Number of pruning steps, reaching the target at the last.
         every (int): Epochs between two steps.
         macs (float | None): Instead of ``ratio``: the fraction of the MACs removed in the end.
+        latency (float | None): Instead of ``ratio`` or ``macs``: the fraction of the measured latency kept in the end
+            (each step keeps its compounding share of it, measured against the model as that step found it).
         first_step (int): Steps before this one were done elsewhere (the ``yolo-nexp prune`` job prunes step 1).
         distill (float | None): Weight of distillation from the model as it was before the first step (0: off;
             None: on, weight 1, when the model was trained, i.e. pruning after epoch 0 or from a ``.pt``).
@@ -46,16 +48,18 @@ class NexpPruneCallback:
     """
 
     def __init__(
-        self, ratio=None, epoch=0, steps=1, every=1, macs=None, first_step=1, distill=0.0, **prune_kwargs
+        self, ratio=None, epoch=0, steps=1, every=1, macs=None, first_step=1, distill=0.0, latency=None, **prune_kwargs
     ):  # fmt: skip
         """Check the schedule; nothing happens until training starts."""
-        ratio = DEFAULT_RATIO if ratio is None and macs is None else ratio
-        check_prune_args(ratio, macs, **{k: v for k, v in prune_kwargs.items() if k in PLUGIN_KEYS})
+        ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
+        check_prune_args(ratio, macs, latency=latency, **{k: v for k, v in prune_kwargs.items() if k in PLUGIN_KEYS})
         if epoch < 0 or steps < 1 or every < 1:
             raise ValueError(
                 f"epoch must be >= 0, steps and every >= 1; got epoch={epoch}, steps={steps}, every={every}."
             )
-        self.target = {"macs": macs} if macs is not None else {"ratio": ratio}
+        self.target = (
+            {"macs": macs} if macs is not None else {"latency": latency} if latency is not None else {"ratio": ratio}
+        )
         self.epoch, self.steps, self.every, self.first_step, self.distill = epoch, steps, every, first_step, distill
         self.prune_kwargs = prune_kwargs
         self.reports: list[PruneReport] = []
@@ -66,8 +70,11 @@ class NexpPruneCallback:
         return self.target.get("ratio")
 
     def step_ratio(self, step: int) -> float:
-        """Fraction of the *current* channels (or MACs) to remove at ``step`` (1-based)."""
+        """Fraction of the *current* channels (or MACs) to remove at ``step`` (1-based); for a latency target, the
+        fraction of the current latency to keep."""
         ((key, total),) = self.target.items()
+        if key == "latency":
+            return 1.0 - step_fraction(1.0 - total, step, self.steps)
         return step_fraction(total, step, self.steps)
 
     def step_at(self, epoch: int) -> int | None:
@@ -112,7 +119,7 @@ class NexpPruneCallback:
             distill.save_teacher(model, trainer.wdir, weight)
             distill.install(trainer)
         ((key, _),) = self.target.items()
-        kw = {"ratio": None, "macs": None, key: self.step_ratio(step)}
+        kw = {"ratio": None, "macs": None, "latency": None, key: self.step_ratio(step)}
         report = prune(
             model,
             source=trainer.train_loader,
@@ -188,7 +195,8 @@ def attach(
         distill (float | None): Distil from the model as it was before pruning with this weight (0: off); by
             default on when the model was trained (pruning after epoch 0, or a ``.pt``), off for pruning at init.
         **prune_kwargs: Further :func:`yolo_nexp.prune` arguments: ``macs`` (instead of ``ratio``, the fraction
-            of MACs removed in the end), round_to, alpha, repair, allocation, bn_recal, verbose.
+            of MACs removed in the end), ``latency`` (instead of both, the fraction of the measured latency kept),
+            backend, latency_batch, round_to, alpha, repair, allocation, bn_recal, verbose.
 
     Returns:
         (NexpPruneCallback): The registered callback (its ``reports`` fill in as pruning happens).

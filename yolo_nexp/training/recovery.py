@@ -66,6 +66,8 @@ def first_step(kwargs: dict, steps: int) -> dict:
     """:func:`yolo_nexp.prune` arguments for the job's own (first) step of a gradual schedule."""
     if steps <= 1:
         return kwargs
+    if kwargs.get("latency") is not None:  # the fraction of the latency kept, compounding as a cut does
+        return {**kwargs, "latency": 1.0 - step_fraction(1.0 - kwargs["latency"], 1, steps)}
     key = "macs" if kwargs.get("macs") is not None else "ratio"
     return {**kwargs, key: step_fraction(DEFAULT_RATIO if kwargs.get(key) is None else kwargs[key], 1, steps)}
 
