@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ultralytics import YOLO
@@ -34,6 +35,7 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
+from yolo_nexp.pruning import pruner  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
 CRITERIA = ["nexp_use", "nexpc", "nexp", "hybrid", "l1", "l2", "tp", "bn", "random"]
@@ -63,10 +65,12 @@ class Bench:
         if key not in self.results:
             model = YOLO(str(self.weights))
             t0 = time.perf_counter()
-            report = yolo_nexp.prune(
-                model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                **{"passes": 1, **self.calibration, **setting},  # one pass unless the row says otherwise
-            )  # fmt: skip
+            args = {"passes": 1, **self.calibration, **setting}  # one pass unless the row says otherwise
+            with sensitivity_estimate(args.pop("estimate", None)):
+                report = yolo_nexp.prune(
+                    model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
+                    **args,
+                )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
             result["floored"] = len(report.floored)  # layers cut to their narrowest allowed width
@@ -100,6 +104,23 @@ class Bench:
             cut: [self.run(setting, cut, s, recover=cut == recover_cut) for s in self.cfg["seeds"]]
             for cut in self.cfg["cuts"]
         }
+
+
+@contextmanager
+def sensitivity_estimate(repair: str | None):
+    """While active, the sensitivity allocation estimates distortion for ``repair`` whatever repair runs (an
+    ablation: ``"mean"`` is the estimate the allocation used before the least-squares one); None changes nothing."""
+    if repair is None:
+        yield
+        return
+    original = pruner.sensitivity_curves
+    pruner.sensitivity_curves = lambda det, sets, widths, calib, _repair, *a, **k: original(
+        det, sets, widths, calib, repair, *a, **k
+    )
+    try:
+        yield
+    finally:
+        pruner.sensitivity_curves = original
 
 
 def settings() -> dict[str, list[tuple[str, dict]]]:
@@ -151,10 +172,10 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
                 {"criterion": "taylor", "repair": "lsq", "allocation": "sensitivity", "passes": 4},
             )
         ],
-        "lsq criterion": [  # nexp_use (mean-repair loss) against nexp_lsq (the loss the lsq repair leaves)
-            (f"{c} / lsq / passes {k}", {"criterion": c, "repair": "lsq", "allocation": "sensitivity", "passes": k})
-            for k in (4, 1)
+        "lsq estimates": [  # what the lsq repair leaves, in the sensitivity estimate and in the criterion
+            (f"{c} / lsq / passes 4 / {e} estimate", {**default, "criterion": c, "passes": 4, "estimate": e})
             for c in (DEFAULT_CRITERION, "nexp_lsq")
+            for e in ("mean", "lsq")
         ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})

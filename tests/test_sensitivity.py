@@ -54,3 +54,40 @@ def test_estimate_grows_with_the_channels_removed(both):
     for curve in lin:
         values = [curve[w] for w in sorted(curve, reverse=True)]
         assert values[-1] >= values[0]  # removing all but one channel costs at least as much as removing one
+
+
+@pytest.fixture(scope="module")
+def lsq_both():
+    """Estimated (lsq first order) and measured (lsq substitute) distortion of every linked set of a yolov8n."""
+    from yolo_nexp.pruning import lsq_sensitivity
+
+    det = detection_model(informative(YOLO("yolov8n.yaml"), imgsz=64))
+    with c2f_split(det):
+        calib = calibrate(det, "noise", 2, 64, 4, 0, inputs=True, cross=True, keep_images=1, verbose=False)
+        graph = build_graph(det)
+        groups = _rank(prunable_groups(graph, det), build_importance("l1", det, calib))
+        sets = linked_sets(groups, det)
+        widths = alloc.removal_steps(sets, 1)
+        nc = det.model[-1].nc
+        est = lsq_sensitivity.estimate(det, sets, widths, calib.cross, calib.images, nc, projections=4, verbose=False)
+        sub = lsq_sensitivity.lsq_substitute(calib.cross)
+        mea = measure(det, graph, sets, widths, sub, calib.images, nc, verbose=False)
+        mean_mea = measure(det, graph, sets, widths, mean_substitute(calib.input_means()), calib.images, nc, verbose=False)
+    return widths, est, mea, mean_mea
+
+
+def test_lsq_estimate_ranks_groups_as_the_measured_lsq_distortion_does(lsq_both):
+    widths, est, mea, _ = lsq_both
+    w25 = [measure_points(ws)[0] for ws in widths]
+    assert all(w in e for e, w in zip(est, w25))  # the 25% point is one of the evaluated widths
+    a, b = [m[w] for m, w in zip(mea, w25)], [e[w] for e, w in zip(est, w25)]
+    assert spearman(a, b) > 0.6, spearman(a, b)
+    shuffled = torch.tensor(b)[torch.randperm(len(b), generator=torch.Generator().manual_seed(0))].tolist()
+    assert spearman(a, shuffled) < 0.5  # the check can fail
+
+
+def test_the_lsq_substitute_distorts_less_than_the_mean_in_most_groups(lsq_both):
+    widths, _, mea, mean_mea = lsq_both
+    w50 = [measure_points(ws)[1] for ws in widths]
+    better = sum(m[w] <= mm[w] for m, mm, w in zip(mea, mean_mea, w50))
+    assert better > 0.7 * len(widths), (better, len(widths))

@@ -25,7 +25,7 @@ from yolo_nexp.pruning.groups import IN_HANDLERS, PrunableGroup
 from yolo_nexp.utils import mode
 
 
-def _output_weights(ref: torch.Tensor, nc: int) -> torch.Tensor:
+def output_weights(ref: torch.Tensor, nc: int) -> torch.Tensor:
     """Per-element weights whose weighted squared error, summed, is :func:`sensitivity.distortion` per image."""
     anchors = ref.shape[-1]
     conf = ref[:, 4 : 4 + nc].max(1, keepdim=True).values
@@ -38,7 +38,7 @@ def _output_weights(ref: torch.Tensor, nc: int) -> torch.Tensor:
     return w / anchors
 
 
-def _consumers(groups: list[PrunableGroup]) -> dict[nn.Conv2d, list[tuple[int, int, int]]]:
+def consumer_reads(groups: list[PrunableGroup]) -> dict[nn.Conv2d, list[tuple[int, int, int]]]:
     """Per consumer conv: (group index, input channel, group channel) for every group channel it reads."""
     reads = {}
     for i, g in enumerate(groups):
@@ -62,7 +62,7 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
         seed (int): Seed of the projections.
         verbose (bool): Show a progress bar.
     """
-    reads = _consumers(groups)
+    reads = consumer_reads(groups)
     index = {
         conv: (torch.tensor([r[0] for r in rs]), torch.tensor([r[1] for r in rs]), torch.tensor([r[2] for r in rs]))
         for conv, rs in reads.items()
@@ -90,7 +90,7 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
                 out = model(x)
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 out = out[0] if isinstance(out, (tuple, list)) else out
-                weights = _output_weights(out.detach(), nc).sqrt()
+                weights = output_weights(out.detach(), nc).sqrt()
                 for k in range(projections):
                     for t in saved.values():
                         t.grad = None

@@ -23,8 +23,8 @@ from yolo_nexp.pruning.args import (  # noqa: F401  (re-exported: the API's defa
 )
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
-from yolo_nexp.pruning.linear_sensitivity import estimate
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
+from yolo_nexp.pruning.lsq_sensitivity import sensitivity_curves
 from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
@@ -58,7 +58,7 @@ def _rank(groups, importance) -> list:
 
 
 def _plan(
-    det, groups, calib, ratio, macs, allocation, round_to, verbose, origin, latency=None
+    det, groups, calib, ratio, macs, allocation, round_to, repair, verbose, origin, latency=None
 ) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
     under the chosen allocation, and the seconds the sensitivity estimate took."""
@@ -70,9 +70,7 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        nc = det.model[-1].nc
-        images = calib.images[:SENSITIVITY_BATCHES]
-        curves = estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)
+        curves = sensitivity_curves(det, sets, widths, calib, repair, calib.images[:SENSITIVITY_BATCHES], verbose)
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -235,7 +233,7 @@ def _prune_once(
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, verbose, origin, latency
+            det, groups, calib, ratio, macs, allocation, round_to, repair, verbose, origin, latency
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),

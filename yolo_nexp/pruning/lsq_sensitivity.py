@@ -1,0 +1,164 @@
+"""First-order sensitivity for the least-squares repair: what the output loses when removed channels are predicted.
+
+:mod:`.linear_sensitivity` estimates the distortion of removing channels ``R`` of a consumer's input when they
+are replaced by their means (``delta_R = m_R - x_R``). The least-squares repair (:mod:`.lsq_repair`) replaces
+them by their prediction from the channels kept, ``x_R ~ m_R + beta^T (x_K - m_K)``; with ``P`` the inverse
+of the (ridged) input covariance, that prediction is ``m_R - P_RR^-1 P_RK (x_K - m_K)``, so
+
+    delta_R = -P_RR^-1 (P e)_R,     e = x - m.
+
+The output moves by ``u . delta`` to first order (``u`` the gradient of a random projection of the output at
+the consumer's input, as in :mod:`.linear_sensitivity`), summed over positions:
+``t_R = -tr(P_RR^-1 D_RR)`` with ``D = sum_positions (P e) u^T``, one (inputs x inputs) matrix per consumer and
+sample. The distortion of ``R`` is the mean of ``(sum over consumers of t_R)^2`` over images and projections.
+Unlike the mean repair's, this is not a cumulative sum over the channel order, so it is evaluated at a few
+widths per set (:data:`FRACTIONS`), which the allocation interpolates between.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from ultralytics.utils import TQDM
+
+from yolo_nexp.pruning.linear_sensitivity import consumer_reads, output_weights
+from yolo_nexp.pruning.linear_sensitivity import estimate as mean_estimate
+from yolo_nexp.pruning.lsq_repair import RIDGE
+from yolo_nexp.utils import mode
+
+FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 0.9)  # of a set's channels, where it is evaluated
+
+
+def precisions(cross: dict) -> dict[nn.Conv2d, torch.Tensor]:
+    """Inverse of each consumer's input covariance, ridged as the repair ridges the kept channels' covariance."""
+    out = {}
+    for conv, moments in cross.items():
+        h = moments.cov.double().cpu()
+        out[conv] = torch.linalg.inv(
+            h + RIDGE * h.diagonal().mean().clamp(min=1e-12) * torch.eye(len(h), dtype=h.dtype)
+        )
+    return out
+
+
+def consumer_moments(model, convs, cross, prec, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module)."""
+    gen = torch.Generator().manual_seed(seed)
+    saved: dict[nn.Conv2d, torch.Tensor] = {}
+    moments = {conv: [] for conv in convs}
+
+    def pre_hook(conv, args):
+        x = args[0].view_as(args[0])  # a node of its own: its gradient comes from this consumer only
+        saved[conv] = x
+        x.retain_grad()
+        return (x, *args[1:])
+
+    handles = [conv.register_forward_pre_hook(pre_hook) for conv in convs]
+    params = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with mode(model), torch.enable_grad():
+            for batch in TQDM(images, desc="sensitivity (lsq)", disable=not verbose):
+                model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
+                out = model(batch.detach().clone().requires_grad_(True))
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                weights = output_weights(out.detach(), nc).sqrt()
+                # P e per consumer does not depend on the projection: computed once per batch
+                whitened = {
+                    conv: torch.einsum(
+                        "gc,bchw->bghw", prec[conv].to(x), x.detach() - cross[conv].mean.to(x).view(1, -1, 1, 1)
+                    )
+                    for conv, x in saved.items()
+                }
+                for k in range(projections):
+                    for t in saved.values():
+                        t.grad = None
+                    v = torch.randn(out.shape, generator=gen).to(out)
+                    (out * weights * v).sum().backward(retain_graph=k < projections - 1)
+                    for conv, t in saved.items():
+                        if t.grad is None:  # a consumer the decoded output does not depend on
+                            continue
+                        moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], t.grad).double().cpu())
+                saved.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in params.items():
+            p.requires_grad_(flag)
+    return {conv: torch.cat(d) for conv, d in moments.items() if d}
+
+
+def evaluation_widths(ws: list[int]) -> list[int]:
+    """The allowed widths nearest to each of :data:`FRACTIONS` removed, widest first."""
+    if len(ws) < 2:
+        return []
+    return sorted({min(ws[1:], key=lambda w: abs(1 - w / ws[0] - f)) for f in FRACTIONS}, reverse=True)
+
+
+def estimate(model, sets, widths, cross, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per linked set, the estimated distortion under the least-squares repair at :func:`evaluation_widths`.
+
+    Args:
+        model (nn.Module): The (split) detection model, unpruned.
+        sets (list[list[PrunableGroup]]): Linked sets, their channel order already set.
+        widths (list[list[int]]): Allowed widths of each set, widest first.
+        cross (dict[nn.Conv2d, CrossMoments]): Input mean and covariance of every conv (calibration).
+        images (list[torch.Tensor]): Batches to estimate on.
+        nc (int): Number of classes of the head.
+        projections (int): Random output projections (backward passes) per batch.
+        seed (int): Seed of the projections.
+        verbose (bool): Show a progress bar.
+
+    Returns:
+        (list[dict[int, float]]): Per set, distortion at some widths (the same form as ``sensitivity.measure``).
+    """
+    groups = [g for linked in sets for g in linked]
+    reads = {conv: rs for conv, rs in consumer_reads(groups).items() if conv in cross and conv.groups == 1}
+    prec = precisions({conv: cross[conv] for conv in reads})
+    moments = consumer_moments(model, list(reads), cross, prec, images, nc, projections, seed, verbose)
+    first = 0
+    curves = []
+    for linked, ws in zip(sets, widths):
+        members = range(first, first + len(linked))
+        first += len(linked)
+        mine = {conv: [r for r in rs if r[0] in members] for conv, rs in reads.items() if conv in moments}
+        mine = {conv: rs for conv, rs in mine.items() if rs}
+        curve = {}
+        for w in evaluation_widths(ws):
+            gone = {i: set(g.order[: g.size - w].tolist()) for i, g in zip(members, linked)}
+            t = 0.0
+            for conv, rs in mine.items():
+                idx = torch.tensor(sorted({ch for i, ch, root in rs if root in gone[i]}), dtype=torch.long)
+                if len(idx):
+                    d = moments[conv][:, idx][:, :, idx]  # (samples, r, r)
+                    inv = torch.linalg.inv(prec[conv][idx][:, idx])  # tr(inv @ d) = sum(inv * d^T): r^2 a sample
+                    t = t - (inv * d.transpose(1, 2)).sum((1, 2))
+            curve[w] = float(torch.as_tensor(t).pow(2).mean())
+        curves.append(curve)
+    return curves
+
+
+def lsq_substitute(cross: dict):
+    """What the least-squares repair makes of removed channels, for ``sensitivity.measure``: their prediction
+    ``m_R + beta^T (x_K - m_K)`` from the kept channels, ``beta`` solved as :class:`.lsq_repair.LeastSquaresFolder` does."""
+
+    def substitute(conv, x, index):
+        cov, mean = cross[conv].cov.double(), cross[conv].mean.double()
+        keep = torch.ones(len(mean), dtype=torch.bool)
+        keep[index] = False
+        kk, kr = cov[keep][:, keep], cov[keep][:, index]
+        beta = torch.linalg.solve(kk + RIDGE * kk.diagonal().mean().clamp(min=1e-12) * torch.eye(len(kk)), kr)
+        centred = x[:, keep.to(x.device)] - mean[keep].to(x).view(1, -1, 1, 1)
+        return torch.einsum("kr,bkhw->brhw", beta.to(x), centred) + mean[index].to(x).view(1, -1, 1, 1)
+
+    return substitute
+
+
+def sensitivity_curves(det, sets, widths, calib, repair: str, images, verbose: bool = True) -> list[dict[int, float]]:
+    """The distortion curves the ``sensitivity`` allocation orders steps by, for the repair that will run:
+    the least-squares estimate above for ``repair="lsq"``, the mean-repair one of :mod:`.linear_sensitivity` otherwise."""
+    nc = det.model[-1].nc
+    if repair == "lsq":
+        return estimate(det, sets, widths, calib.cross, images, nc, verbose=verbose)
+    return mean_estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)
