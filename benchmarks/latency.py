@@ -7,14 +7,22 @@ median of --runs runs after --warmup runs, at --imgsz, batch 1, on the CPU.
 
 Usage:
     python benchmarks/latency.py --scales n s m --out benchmarks/results/latency.md
+
+``--targets``: the latency-target table (issue 28). For each scale, ``latency=0.5`` and ``latency=0.33`` on
+onnxruntime (the default allocation, criterion and passes, calibrated on noise), and for comparison the default
+``macs=``-targeted allocation at the MACs cut each latency model reached; every model saved, then exported and
+timed again in a fresh process (``--time``), interleaved with the dense model. Run on a quiet machine:
+
+    python benchmarks/latency.py --targets --scales n s m --imgsz 640 --out benchmarks/results/latency_targets.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,30 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
 from benchmarks.common import publish  # noqa: E402
 from yolo_nexp.export import onnx_parity  # noqa: E402
+from yolo_nexp.latency.backends import model_runner  # noqa: E402
+from yolo_nexp.latency.timing import interleaved_ms  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 from yolo_nexp.testing import informative  # noqa: E402
 
 COCO_VAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "images" / "val2017"
 CONFIGS = [(0.0, 8), (0.25, 8), (0.5, 8), (0.75, 8), (0.5, 1), (0.5, 16), (0.5, 32)]  # (ratio, round_to)
-
-
-def interleaved_ms(runners: dict, runs: int, warmup: int, rounds: int = 5) -> dict:
-    """Median and min milliseconds of each runner, timed in ``rounds`` interleaved rounds.
-
-    This machine's speed drifts by 10-20% over minutes (shared cores); interleaving spreads slow
-    periods evenly over the models compared instead of landing on whichever ran then.
-    """
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, fn in runners.items():
-            for _ in range(max(1, runs // rounds)):
-                t = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - t) * 1e3)
-    return {key: (statistics.median(t), min(t)) for key, t in times.items()}
 
 
 def onnx_runner(file: Path, imgsz: int):
@@ -80,7 +71,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--images", type=int, default=8, help="COCO128 val images for the detection parity check")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--targets", action="store_true", help="the latency-target table (see the module docstring)")
+    ap.add_argument("--passes", type=int, default=None, help="--targets: prune passes (default: the plugin's)")
+    ap.add_argument(
+        "--time", nargs="+", type=Path, default=None, help="time these checkpoints (first: dense), print JSON"
+    )
     args = ap.parse_args()
+    if args.time:
+        return time_checkpoints(args.time, args.imgsz, args.runs, args.warmup)
+    if args.targets:
+        return targets(args)
 
     torch.set_num_threads(os.cpu_count())  # Ultralytics lowers it to cores - 1; compare both runtimes on all cores
     images = sorted(COCO_VAL.glob("*.jpg"))[: args.images]
@@ -126,7 +126,10 @@ def main():
         dense = None
         for key, row in built.items():
             row.update(
-                ort_ms=ort_ms[key][0], ort_min=ort_ms[key][1], torch_ms=torch_ms[key][0], torch_min=torch_ms[key][1]
+                ort_ms=ort_ms[key].median,
+                ort_min=ort_ms[key].min,
+                torch_ms=torch_ms[key].median,
+                torch_min=torch_ms[key].min,
             )
             dense = dense or row
             rows.append((row, dense))
@@ -156,6 +159,67 @@ def main():
         ]
     )
     publish(text, args.out)
+
+
+def time_checkpoints(files: list[Path], imgsz: int, runs: int, warmup: int) -> None:
+    """Export every checkpoint with Ultralytics (onnx), time them interleaved, print ``{file: Timing}`` as JSON."""
+    runners = {str(f): model_runner(YOLO(str(f)).model, "onnxruntime", imgsz, 1) for f in files}
+    print(json.dumps({k: t.to_dict() for k, t in interleaved_ms(runners, runs, warmup).items()}))
+
+
+def targets(args) -> None:
+    """The latency-target table: each target's model, and the default macs= allocation at the same MACs cut."""
+    tmp, rows = Path(tempfile.mkdtemp(prefix="nexp-targets-")), []
+    common = dict(source="noise", imgsz=args.imgsz, batches=2, batch=4, verbose=False)
+    common.update({"passes": args.passes} if args.passes else {})
+    for scale in args.scales:
+        dense = YOLO(f"yolov8{scale}.yaml")
+        files, built = [tmp / f"yolov8{scale}-dense.pt"], []
+        dense.save(files[0])
+        for target in (0.5, 0.33):
+            for kind in ("latency", "macs"):
+                model = YOLO(f"yolov8{scale}.yaml")
+                cut = built[-1]["report"].macs_reduction if kind == "macs" else None
+                t0 = time.perf_counter()
+                report = yolo_nexp.prune(
+                    model, **({"latency": target} if kind == "latency" else {"macs": cut}), **common
+                )
+                files.append(tmp / f"yolov8{scale}-{kind}{target}.pt")
+                model.save(files[-1])
+                built.append({"target": target, "kind": kind, "report": report, "seconds": time.perf_counter() - t0})
+                print(f"yolov8{scale} {kind} (latency {target}): {report.summary()}", flush=True)
+        cmd = [sys.executable, __file__, "--time", *map(str, files), "--imgsz", str(args.imgsz)]
+        cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+        fresh = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        dense_ms = fresh[str(files[0])]["median"]
+        for b, f in zip(built, files[1:]):
+            rows.append({"model": f"yolov8{scale}", "dense_ms": dense_ms, "fresh": fresh[str(f)], **b})
+    lines = [
+        "# Pruning to a measured latency: onnxruntime CPU",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__} (default providers). "
+        f"Input {args.imgsz}x{args.imgsz}, batch 1. Models from yaml (random init), pruned with the plugin's defaults "
+        f"on noise. 'in-process' is the ratio prune() measured and reported; 'fresh' is pruned / dense median ms "
+        f"measured again in a new process ({args.runs} runs each after {args.warmup} warm-up, 5 interleaved rounds). "
+        f"The macs= rows target the MACs cut of the latency row above them (the default allocation, by MACs).",
+        "",
+        "| model | target | allocation by | MACs cut | in-process ratio | fresh ms (p25-p75) | fresh ratio "
+        "| within 5% | speed-up | MACs x | speed-up per MACs x | prune s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rep, f = r["report"], r["fresh"]
+        ratio, macs_x = f["median"] / r["dense_ms"], rep.macs_before / rep.macs_after
+        inproc = f"{1 / rep.speedup:.3f}" if rep.speedup else "n/a"
+        close = f"{abs(ratio - r['target']) <= 0.05 * r['target']}" if r["kind"] == "latency" else ""
+        lines.append(
+            f"| {r['model']} | {r['target']:g} | {'ms' if r['kind'] == 'latency' else 'MACs'} | "
+            f"{rep.macs_reduction:.1%} | {inproc} | {f['median']:.1f} ({f['p25']:.1f}-{f['p75']:.1f}) | {ratio:.3f} "
+            f"| {close} | {1 / ratio:.2f} | {macs_x:.2f} | {1 / ratio / macs_x:.0%} | {r['seconds']:.0f} |"
+        )
+    publish("\n".join(lines + [""]), args.out)
 
 
 HEADER = (

@@ -138,3 +138,14 @@ def test_latency_goal_takes_the_fewest_steps_that_reach_it():
         assert goal.steps(["a", "b"], widths, order) == steps
         assert goal.predicted_ms == pytest.approx(predicted)
     assert LatencyGoal(table, 1.0).saved(["a", "b"])(1, 8, 4) == pytest.approx(0.5)
+
+
+def test_defaults_agree_with_configs_default_yaml():
+    import inspect
+
+    from yolo_nexp.cli import load_defaults
+
+    plugin, _ = load_defaults()
+    params = inspect.signature(yolo_nexp.prune).parameters
+    for key in ("latency", "backend", "latency_batch"):
+        assert plugin[key] == params[key].default, key
