@@ -8,11 +8,13 @@ one width and every other set dense, exports them with Ultralytics' ONNX export 
 backend, all widths of one set interleaved (:func:`~yolo_nexp.latency.timing.interleaved_ms`).
 
 Cost: every set's layers at one width take about twice the model's time (each conv is narrowed by two sets,
-its producer's and its own), and a set has up to ~70 candidate widths at ``round_to=8``. Measuring them all
-on yolov8s at 640 would take ~1500 exports and ~8 min of timing on a 2-core CPU, so at most
-:data:`MAX_WIDTHS` widths per set are measured, evenly spaced over its candidates from the dense width to the
-floor, and the others are interpolated linearly: a width the backend runs unusually fast between two measured
-ones is then not seen. Measured once per (architecture, backend and its version, imgsz, batch, round_to, host)
+its producer's and its own), and a set has up to ~65 candidate widths at ``round_to=8``. On a busy 2-core CPU
+one (set, width) costs ~80 ms of export, session and Python overhead besides its runs (yolov8n at 96: 430
+widths in 36 s); yolov8s at 640 has ~1500 candidate (set, width) pairs, so measuring them all is estimated at
+3-4 min (overhead plus ~7 runs of each set's layers), against ~1 min for the ~600 that :data:`MAX_WIDTHS`
+keeps (estimates from those figures, not measured at 640). So at most :data:`MAX_WIDTHS` widths per set are
+measured, evenly spaced over its candidates from the dense width to the floor, and the others are
+interpolated linearly: a width the backend runs unusually fast between two measured ones is then not seen. Measured once per (architecture, backend and its version, imgsz, batch, round_to, host)
 and cached under ``<cache_dir>/latency/``; later passes of a prune read the dense model's table by set name,
 so their predictions are approximate and the whole model is timed after each pass (:mod:`.target`).
 """
