@@ -35,7 +35,7 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
-from yolo_nexp.pruning import pruner  # noqa: E402
+from yolo_nexp.pruning import lsq_sensitivity  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
 CRITERIA = ["nexp_use", "nexpc", "nexp", "hybrid", "l1", "l2", "tp", "bn", "random"]
@@ -108,19 +108,14 @@ class Bench:
 
 @contextmanager
 def sensitivity_estimate(repair: str | None):
-    """While active, the sensitivity allocation estimates distortion for ``repair`` whatever repair runs (an
-    ablation: ``"mean"`` is the estimate the allocation used before the least-squares one); None changes nothing."""
-    if repair is None:
-        yield
-        return
-    original = pruner.sensitivity_curves
-    pruner.sensitivity_curves = lambda det, sets, widths, calib, _repair, *a, **k: original(
-        det, sets, widths, calib, repair, *a, **k
-    )
+    """While active, the sensitivity allocation of an lsq-repaired prune uses the ``"lsq"`` or the ``"mean"``
+    (default) estimate (an ablation, through ``lsq_sensitivity.LSQ_ESTIMATE``); None changes nothing."""
+    original = lsq_sensitivity.LSQ_ESTIMATE
+    lsq_sensitivity.LSQ_ESTIMATE = original if repair is None else repair == "lsq"
     try:
         yield
     finally:
-        pruner.sensitivity_curves = original
+        lsq_sensitivity.LSQ_ESTIMATE = original
 
 
 def settings() -> dict[str, list[tuple[str, dict]]]:
@@ -173,7 +168,8 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             )
         ],
         "lsq estimates": [  # what the lsq repair leaves, in the sensitivity estimate and in the criterion
-            (f"{c} / lsq / passes 4 / {e} estimate", {**default, "criterion": c, "passes": 4, "estimate": e})
+            (f"{c} / lsq / passes {k} / {e} estimate", {**default, "criterion": c, "passes": k, "estimate": e})
+            for k in (1, 4)
             for c in (DEFAULT_CRITERION, "nexp_lsq")
             for e in ("mean", "lsq")
         ],

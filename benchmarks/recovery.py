@@ -45,7 +45,7 @@ FULL = dict(cuts=(0.46, 0.70), criteria=(DEFAULT_CRITERION, "tp"), seeds=(0, 1),
 QUICK = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), base=Baseline(n_train=48, n_val=16, epochs=5))
 ULTRALYTICS_DEFAULTS = ["optimizer=auto", "lr0=0.01", "warmup_epochs=3", "mosaic=1.0"]  # Ultralytics' own
 # The real model: a CPU budget of 3 epochs over the 128 fidelity-labelled training images at 640 px, batch 16.
-LR_SWEEP = (0.003, 0.01)  # learning rates tried beside the job's lr0=0.001 (SGD, no warm-up, no mosaic)
+LR_SWEEP = (0.003, 0.01)  # learning rates beside the job's lr0=0.001 (SGD, no warm-up, no mosaic); 0.01 not run yet
 REAL = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), epochs=3, job_args=["rect=False"])
 
 

@@ -72,7 +72,9 @@ def lsq_both():
         est = lsq_sensitivity.estimate(det, sets, widths, calib.cross, calib.images, nc, projections=4, verbose=False)
         sub = lsq_sensitivity.lsq_substitute(calib.cross)
         mea = measure(det, graph, sets, widths, sub, calib.images, nc, verbose=False)
-        mean_mea = measure(det, graph, sets, widths, mean_substitute(calib.input_means()), calib.images, nc, verbose=False)
+        mean_mea = measure(
+            det, graph, sets, widths, mean_substitute(calib.input_means()), calib.images, nc, verbose=False
+        )
     return widths, est, mea, mean_mea
 
 
@@ -91,3 +93,19 @@ def test_the_lsq_substitute_distorts_less_than_the_mean_in_most_groups(lsq_both)
     w50 = [measure_points(ws)[1] for ws in widths]
     better = sum(m[w] <= mm[w] for m, mm, w in zip(mea, mean_mea, w50))
     assert better > 0.7 * len(widths), (better, len(widths))
+
+
+def test_the_lsq_estimate_is_used_only_when_switched_on(monkeypatch):
+    from yolo_nexp.pruning import lsq_sensitivity
+
+    calls = []
+    monkeypatch.setattr(lsq_sensitivity, "estimate", lambda *a, **k: calls.append("lsq") or [])
+    monkeypatch.setattr(lsq_sensitivity, "mean_estimate", lambda *a, **k: calls.append("mean") or [])
+    det = type("Det", (), {"model": [type("Head", (), {"nc": 1})()]})()
+    calib = type("Calib", (), {"cross": {}, "input_means": lambda self: {}})()
+    assert lsq_sensitivity.LSQ_ESTIMATE is False  # the default allocation keeps the mean estimate (README)
+    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "lsq", [])
+    monkeypatch.setattr(lsq_sensitivity, "LSQ_ESTIMATE", True)
+    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "lsq", [])
+    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "mean", [])
+    assert calls == ["mean", "lsq", "mean"]
