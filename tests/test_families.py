@@ -59,7 +59,9 @@ def _input(seed: int = 0) -> torch.Tensor:
 def _assert_outputs_close(after, before) -> None:
     assert [a.shape for a in after] == [b.shape for b in before]
     for a, b in zip(after, before):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+        # float32 folding error only: decoded boxes are pixels (up to 64x a P6 stride), so 1e-3 relative; a wrong
+        # fold or a lost channel moves outputs by whole units
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
 def _moved(after, before) -> float:

@@ -130,12 +130,12 @@ class _Measured(Exception):
 def test_sensitivity_is_measured_on_sensitivity_batches(yolov8n, monkeypatch):
     seen = []
 
-    def spy(model, sets, widths, means, images, *args, **kwargs):
+    def spy(det, sets, widths, calib, repair, images, *args, **kwargs):
         seen.append(len(images))
         raise _Measured
 
     monkeypatch.setattr(pruner, "SENSITIVITY_BATCHES", 2)
-    monkeypatch.setattr(pruner, "estimate", spy)
+    monkeypatch.setattr(pruner, "sensitivity_curves", spy)
     with pytest.raises(_Measured):
         yolo_nexp.prune(yolov8n, ratio=0.5, allocation="sensitivity", imgsz=IMGSZ, batches=3, batch=2, verbose=False)
     assert seen == [2]  # the calibration pass kept as many batches as the sensitivity is measured on
