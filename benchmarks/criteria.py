@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from ultralytics import YOLO
@@ -35,7 +34,6 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
-from yolo_nexp.pruning import lsq_sensitivity  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
 
 CRITERIA = ["nexp_use", "nexpc", "nexp", "hybrid", "l1", "l2", "tp", "bn", "random"]
@@ -65,12 +63,10 @@ class Bench:
         if key not in self.results:
             model = YOLO(str(self.weights))
             t0 = time.perf_counter()
-            args = {"passes": 1, **self.calibration, **setting}  # one pass unless the row says otherwise
-            with sensitivity_estimate(args.pop("estimate", None)):
-                report = yolo_nexp.prune(
-                    model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                    **args,
-                )  # fmt: skip
+            report = yolo_nexp.prune(
+                model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
+                **{"passes": 1, **self.calibration, **setting},  # one pass unless the row says otherwise
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
             result["floored"] = len(report.floored)  # layers cut to their narrowest allowed width
@@ -104,18 +100,6 @@ class Bench:
             cut: [self.run(setting, cut, s, recover=cut == recover_cut) for s in self.cfg["seeds"]]
             for cut in self.cfg["cuts"]
         }
-
-
-@contextmanager
-def sensitivity_estimate(repair: str | None):
-    """While active, the sensitivity allocation of an lsq-repaired prune uses the ``"lsq"`` or the ``"mean"``
-    (default) estimate (an ablation, through ``lsq_sensitivity.LSQ_ESTIMATE``); None changes nothing."""
-    original = lsq_sensitivity.LSQ_ESTIMATE
-    lsq_sensitivity.LSQ_ESTIMATE = original if repair is None else repair == "lsq"
-    try:
-        yield
-    finally:
-        lsq_sensitivity.LSQ_ESTIMATE = original
 
 
 def settings() -> dict[str, list[tuple[str, dict]]]:

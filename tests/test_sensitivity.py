@@ -95,17 +95,34 @@ def test_the_lsq_substitute_distorts_less_than_the_mean_in_most_groups(lsq_both)
     assert better > 0.7 * len(widths), (better, len(widths))
 
 
-def test_the_lsq_estimate_is_used_only_when_switched_on(monkeypatch):
+def test_the_estimate_argument_picks_the_repair_simulated_and_defaults_to_the_yaml(monkeypatch):
+    import inspect
+
+    import yolo_nexp
+    from yolo_nexp.cli import load_defaults
     from yolo_nexp.pruning import lsq_sensitivity
+    from yolo_nexp.pruning.args import check_prune_args
 
     calls = []
     monkeypatch.setattr(lsq_sensitivity, "estimate", lambda *a, **k: calls.append("lsq") or [])
     monkeypatch.setattr(lsq_sensitivity, "mean_estimate", lambda *a, **k: calls.append("mean") or [])
     det = type("Det", (), {"model": [type("Head", (), {"nc": 1})()]})()
     calib = type("Calib", (), {"cross": {}, "input_means": lambda self: {}})()
-    assert lsq_sensitivity.LSQ_ESTIMATE is False  # the default allocation keeps the mean estimate (README)
-    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "lsq", [])
-    monkeypatch.setattr(lsq_sensitivity, "LSQ_ESTIMATE", True)
-    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "lsq", [])
-    lsq_sensitivity.sensitivity_curves(det, [], [], calib, "mean", [])
-    assert calls == ["mean", "lsq", "mean"]
+    for which in ("lsq", "mean"):
+        lsq_sensitivity.sensitivity_curves(det, [], [], calib, which, [])
+    assert calls == ["lsq", "mean"]
+    plugin, _ = load_defaults()
+    assert plugin["estimate"] == lsq_sensitivity.DEFAULT_ESTIMATE
+    assert inspect.signature(yolo_nexp.prune).parameters["estimate"].default == lsq_sensitivity.DEFAULT_ESTIMATE
+    with pytest.raises(ValueError, match="estimate: unknown 'median'"):
+        check_prune_args(estimate="median")
+
+
+def test_an_lsq_estimate_prune_records_the_covariances_without_the_lsq_repair():
+    import yolo_nexp
+
+    report = yolo_nexp.prune(
+        YOLO("yolov8n.yaml"), macs=0.2, repair="mean", estimate="lsq", source="noise", imgsz=64, batches=1,
+        batch=2, passes=1, verbose=False,
+    )  # fmt: skip
+    assert 0.1 < report.macs_reduction < 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from yolo_nexp.pruning import allocation as alloc
+from yolo_nexp.pruning.lsq_sensitivity import DEFAULT_ESTIMATE, ESTIMATES
 from yolo_nexp.pruning.repair import check_repair
 from yolo_nexp.scoring.criteria import CRITERIA, check_criterion
 
@@ -23,6 +24,7 @@ PLUGIN_KEYS = (
     "allocation",
     "bn_recal",
     "passes",
+    "estimate",
     "latency",
     "backend",
     "latency_batch",
@@ -44,6 +46,7 @@ def check_prune_args(
     latency=None,
     backend: str = "onnxruntime",
     latency_batch: int = 1,
+    estimate: str = DEFAULT_ESTIMATE,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -83,6 +86,10 @@ def check_prune_args(
         raise ValueError(f"global must be True or False; got {global_pruning!r}.")
     if not (whole(passes) and 1 <= passes <= 20):
         raise ValueError(f"passes must be a whole number from 1 to 20 (1 prunes in one go); got {passes!r}.")
+    if estimate not in ESTIMATES:
+        raise ValueError(
+            f"estimate: unknown '{estimate}', choose one of {', '.join(ESTIMATES)} (the repair it simulates)."
+        )
 
 
 def prune_kwargs(plugin: dict) -> dict:

@@ -26,9 +26,8 @@ from yolo_nexp.pruning.linear_sensitivity import estimate as mean_estimate
 from yolo_nexp.pruning.lsq_repair import RIDGE
 from yolo_nexp.utils import mode
 
-# Off by default: on the real-model benchmark (seed 0, one pass, benchmarks/results/criteria-real-lsq.md) the lsq
-# estimate kept 97/33/12% of mAP50-95 at -10/-25/-46% MACs against the mean estimate's 91/52/6%: not better everywhere.
-LSQ_ESTIMATE = False
+ESTIMATES = ("mean", "lsq")  # the repair the sensitivity allocation's distortion estimate simulates
+DEFAULT_ESTIMATE = "mean"  # configs/default.yaml's ``estimate`` (a test checks); measured: README
 FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 0.9)  # of a set's channels, where it is evaluated
 
 
@@ -158,10 +157,12 @@ def lsq_substitute(cross: dict):
     return substitute
 
 
-def sensitivity_curves(det, sets, widths, calib, repair: str, images, verbose: bool = True) -> list[dict[int, float]]:
-    """The distortion curves the ``sensitivity`` allocation orders steps by: the least-squares estimate above for
-    ``repair="lsq"`` when :data:`LSQ_ESTIMATE` is set, the mean-repair one of :mod:`.linear_sensitivity` otherwise."""
+def sensitivity_curves(
+    det, sets, widths, calib, simulated: str, images, verbose: bool = True
+) -> list[dict[int, float]]:
+    """The distortion curves the ``sensitivity`` allocation orders steps by: for ``simulated="lsq"`` the least-squares
+    estimate above (``calib.cross`` needed), for ``"mean"`` the mean-repair one of :mod:`.linear_sensitivity`."""
     nc = det.model[-1].nc
-    if repair == "lsq" and LSQ_ESTIMATE:
+    if simulated == "lsq":
         return estimate(det, sets, widths, calib.cross, images, nc, verbose=verbose)
     return mean_estimate(det, sets, widths, calib.input_means(), images, nc, verbose=verbose)

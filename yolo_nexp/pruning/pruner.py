@@ -24,7 +24,7 @@ from yolo_nexp.pruning.args import (  # noqa: F401  (re-exported: the API's defa
 from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunable_groups, remove_channels
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
-from yolo_nexp.pruning.lsq_sensitivity import sensitivity_curves
+from yolo_nexp.pruning.lsq_sensitivity import DEFAULT_ESTIMATE, sensitivity_curves
 from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
@@ -58,7 +58,7 @@ def _rank(groups, importance) -> list:
 
 
 def _plan(
-    det, groups, calib, ratio, macs, allocation, round_to, repair, verbose, origin, latency=None
+    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None
 ) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
     under the chosen allocation, and the seconds the sensitivity estimate took."""
@@ -70,7 +70,7 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        curves = sensitivity_curves(det, sets, widths, calib, repair, calib.images[:SENSITIVITY_BATCHES], verbose)
+        curves = sensitivity_curves(det, sets, widths, calib, estimate, calib.images[:SENSITIVITY_BATCHES], verbose)
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -120,6 +120,7 @@ def prune(
     latency: float | None = None,
     backend: str = "onnxruntime",
     latency_batch: int = 1,
+    estimate: str = DEFAULT_ESTIMATE,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -157,6 +158,9 @@ def prune(
             saved and the whole model is timed after each pass (see :mod:`yolo_nexp.latency.target`).
         backend (str): Where ``latency`` is measured: ``onnxruntime`` (Ultralytics' ONNX export) or ``openvino``.
         latency_batch (int): Images per timed run (the batch deployed).
+        estimate (str): The repair the ``sensitivity`` allocation's first-order distortion estimate simulates:
+            ``mean`` (removed channels replaced by their means) or ``lsq`` (by their least-squares prediction
+            from the kept channels, :mod:`yolo_nexp.pruning.lsq_sensitivity`; slower).
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -170,7 +174,7 @@ def prune(
     """
     check_prune_args(
         ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
-        latency, backend, latency_batch,
+        latency, backend, latency_batch, estimate,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
@@ -178,6 +182,7 @@ def prune(
         source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
     args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
     args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
+    args.update(estimate=estimate)
     origin: dict[str, int] = {}  # every group's dense width, by its root conv's name: floors stay the dense model's
     if latency is not None:
         from yolo_nexp.latency.target import prune_to_latency
@@ -207,7 +212,7 @@ def prune(
 
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
-    bn_recal, origin, latency=None,
+    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE,
 ) -> PruneReport:  # fmt: skip
     """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes, and
     ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``."""
@@ -223,7 +228,7 @@ def _prune_once(
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
             keep = max(keep, kept_batches(criterion, batches))  # the batches the criterion reads again
             inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
-            cross = repair == "lsq" or need == "cross"  # the covariances of the lsq repair and of nexp_lsq
+            cross = repair == "lsq" or need == "cross" or (allocation == "sensitivity" and estimate == "lsq")
             flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=cross)
             flags["information"] = allocation == "information"  # map rank and entropy of every block's output
             calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
@@ -233,7 +238,7 @@ def _prune_once(
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, repair, verbose, origin, latency
+            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),
