@@ -67,7 +67,7 @@ def test_no_model_prunes_the_cached_demo(cache, tmp_path, trainings):
     assert not trainings  # cached: nothing trained
     (run,) = runs.iterdir()
     report = json.loads((run / "report.json").read_text())
-    assert run.name == "demo-nexp_use50"
+    assert run.name == "demo-nexp_lsq50"
     assert report["ultralytics"]["model"] == str(folder(cache) / "demo.pt")
     assert Path(report["ultralytics"]["data"]).parent.name == TINY.data_key()  # the data it was trained on
     assert report["ultralytics"]["imgsz"] == TINY.imgsz and report["ultralytics"]["nbs"] == TINY.batch

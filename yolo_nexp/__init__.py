@@ -2,8 +2,9 @@
 
 NEXP (Neural Expressiveness, :mod:`yolo_nexp.scoring.nexp`) scores a channel by how differently it fires on
 different images. Channels are ranked by it or by a related activation statistic (the criteria of
-:mod:`yolo_nexp.scoring.criteria`; the default ``nexp_use`` weighs a channel's spread by its consumers' use
-of it) and the lowest-ranked are removed, in whole coupled groups, keeping stock Ultralytics modules.
+:mod:`yolo_nexp.scoring.criteria`; the default ``nexp_lsq`` weighs the part of a channel's spread that the kept
+channels cannot predict by its consumers' use of it; ``nexp_use`` the whole spread) and the lowest-ranked are
+removed, in whole coupled groups, keeping stock Ultralytics modules.
 """
 
 __version__ = "0.1.0"

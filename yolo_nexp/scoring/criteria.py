@@ -29,7 +29,7 @@ from yolo_nexp.scoring.nexp import nexp_continuous
 from yolo_nexp.scoring.shapley import ShapleyImportance
 from yolo_nexp.scoring.surgeon import SurgeonImportance
 
-CRITERIA = ("nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random", "nexp_lsq")
+CRITERIA = ("nexp_lsq", "nexp_use", "nexp", "nexpc", "hybrid", "l1", "l2", "tp", "bn", "random")  # default first
 CRITERIA += ("taylor", "hessian", "lamp", "fpgm", "shapley")  # rivals: Torch-Pruning's gradient and weight ones
 # What each data-driven criterion needs from the calibration pass: the name of the calibrate() flag that records
 # it (see yolo_nexp.scoring.calibration.calibrate; the pruner turns NEEDS[criterion] into that flag), or "images"
