@@ -49,6 +49,66 @@ def consumer_reads(groups: list[PrunableGroup]) -> dict[nn.Conv2d, list[tuple[in
     return reads
 
 
+def projected_gradients(
+    model, convs, images, nc: int, projections: int = 2, seed: int = 0, desc="sensitivity", verbose=True
+):
+    """Per batch and random output projection, every consumer's input and the projection's gradient there.
+
+    The output is weighted by :func:`output_weights` and projected on ``v ~ N(0, I)``; one backward pass gives
+    ``u = J^T W^1/2 v`` at every consumer of ``convs`` at once (see the module). Parameters do not require
+    gradients meanwhile and get their flags back, and the hooks are removed, when the generator ends or closes.
+
+    Args:
+        model (nn.Module): The (split) detection model.
+        convs (Iterable[nn.Conv2d]): The consumers whose inputs and gradients are wanted.
+        images (list[torch.Tensor]): Batches to run.
+        nc (int): Number of classes of the head.
+        projections (int): Random output projections (backward passes) per batch.
+        seed (int): Seed of the projections.
+        desc (str): Label of the progress bar.
+        verbose (bool): Show a progress bar.
+
+    Yields:
+        tuple[int, dict, dict]: The projection's index within its batch (0 first: the inputs are new), each
+        consumer's detached input, and each consumer's gradient ``u`` (consumers the decoded output does not
+        depend on, such as Segment's prototypes, are left out).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    saved: dict[nn.Conv2d, torch.Tensor] = {}
+
+    def pre_hook(conv, args):
+        x = args[0].view_as(args[0])  # a node of its own: its gradient comes from this consumer only
+        saved[conv] = x
+        x.retain_grad()
+        return (x, *args[1:])
+
+    handles = [conv.register_forward_pre_hook(pre_hook) for conv in convs]
+    params = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with mode(model), torch.enable_grad():
+            for batch in TQDM(images, desc=desc, disable=not verbose):
+                model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
+                out = model(batch.detach().clone().requires_grad_(True))
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                weights = output_weights(out.detach(), nc).sqrt()
+                inputs = {conv: t.detach() for conv, t in saved.items()}
+                for k in range(projections):
+                    for t in saved.values():
+                        t.grad = None
+                    v = torch.randn(out.shape, generator=gen).to(out)
+                    (out * weights * v).sum().backward(retain_graph=k < projections - 1)
+                    yield k, inputs, {conv: t.grad for conv, t in saved.items() if t.grad is not None}
+                saved.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in params.items():
+            p.requires_grad_(flag)
+
+
 def channel_effects(model, groups, means, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
     """Per group, ``t`` of shape (samples, group channels): the first-order output change of removing each channel.
 
@@ -67,53 +127,19 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
         conv: (torch.tensor([r[0] for r in rs]), torch.tensor([r[1] for r in rs]), torch.tensor([r[2] for r in rs]))
         for conv, rs in reads.items()
     }
-    sizes = [g.size for g in groups]
     effects = [[] for _ in groups]
-    gen = torch.Generator().manual_seed(seed)
-    saved: dict[nn.Conv2d, torch.Tensor] = {}
-
-    def pre_hook(conv, args):
-        x = args[0].view_as(args[0])  # a node of its own: its gradient comes from this consumer only
-        saved[conv] = x
-        x.retain_grad()
-        return (x, *args[1:])
-
-    handles = [conv.register_forward_pre_hook(pre_hook) for conv in reads]
-    params = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with mode(model), torch.enable_grad():
-            for batch in TQDM(images, desc="sensitivity", disable=not verbose):
-                model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
-                x = batch.detach().clone().requires_grad_(True)
-                out = model(x)
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                weights = output_weights(out.detach(), nc).sqrt()
-                for k in range(projections):
-                    for t in saved.values():
-                        t.grad = None
-                    v = torch.randn(out.shape, generator=gen).to(out)
-                    (out * weights * v).sum().backward(retain_graph=k < projections - 1)
-                    per_group = [torch.zeros(batch.shape[0], size) for size in sizes]
-                    for conv, t in saved.items():
-                        if t.grad is None:  # a consumer the decoded output does not depend on (Segment's prototypes)
-                            continue
-                        delta = means[conv].to(t).view(1, -1, 1, 1) - t.detach()
-                        s = (t.grad * delta).sum((2, 3)).float().cpu()  # (B, input channels)
-                        group_idx, ch, root = index[conv]
-                        for i in group_idx.unique().tolist():
-                            sel = group_idx == i
-                            per_group[i].index_add_(1, root[sel], s[:, ch[sel]])
-                    for i, e in enumerate(per_group):
-                        effects[i].append(e)
-                saved.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in params.items():
-            p.requires_grad_(flag)
+    for _, inputs, grads in projected_gradients(model, reads, images, nc, projections, seed, verbose=verbose):
+        samples = next(iter(inputs.values())).shape[0]
+        per_group = [torch.zeros(samples, g.size) for g in groups]
+        for conv, u in grads.items():
+            delta = means[conv].to(u).view(1, -1, 1, 1) - inputs[conv]
+            s = (u * delta).sum((2, 3)).float().cpu()  # (B, input channels)
+            group_idx, ch, root = index[conv]
+            for i in group_idx.unique().tolist():
+                sel = group_idx == i
+                per_group[i].index_add_(1, root[sel], s[:, ch[sel]])
+        for i, e in enumerate(per_group):
+            effects[i].append(e)
     return [torch.cat(e) for e in effects]
 
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from ultralytics.utils import TQDM
 
-from yolo_nexp.pruning.linear_sensitivity import consumer_reads, output_weights
+from yolo_nexp.pruning.linear_sensitivity import consumer_reads, projected_gradients
 from yolo_nexp.pruning.linear_sensitivity import estimate as mean_estimate
 from yolo_nexp.pruning.lsq_repair import RIDGE
-from yolo_nexp.utils import mode
 
 ESTIMATES = ("mean", "lsq")  # the repair the sensitivity allocation's distortion estimate simulates
 # configs/default.yaml's ``estimate`` (a test checks). On the real-model benchmark (2 seeds, 4 passes) nexp_lsq with
@@ -46,50 +44,16 @@ def precisions(cross: dict) -> dict[nn.Conv2d, torch.Tensor]:
 
 def consumer_moments(model, convs, cross, prec, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
     """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module)."""
-    gen = torch.Generator().manual_seed(seed)
-    saved: dict[nn.Conv2d, torch.Tensor] = {}
     moments = {conv: [] for conv in convs}
-
-    def pre_hook(conv, args):
-        x = args[0].view_as(args[0])  # a node of its own: its gradient comes from this consumer only
-        saved[conv] = x
-        x.retain_grad()
-        return (x, *args[1:])
-
-    handles = [conv.register_forward_pre_hook(pre_hook) for conv in convs]
-    params = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with mode(model), torch.enable_grad():
-            for batch in TQDM(images, desc="sensitivity (lsq)", disable=not verbose):
-                model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
-                out = model(batch.detach().clone().requires_grad_(True))
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                weights = output_weights(out.detach(), nc).sqrt()
-                # P e per consumer does not depend on the projection: computed once per batch
-                whitened = {
-                    conv: torch.einsum(
-                        "gc,bchw->bghw", prec[conv].to(x), x.detach() - cross[conv].mean.to(x).view(1, -1, 1, 1)
-                    )
-                    for conv, x in saved.items()
-                }
-                for k in range(projections):
-                    for t in saved.values():
-                        t.grad = None
-                    v = torch.randn(out.shape, generator=gen).to(out)
-                    (out * weights * v).sum().backward(retain_graph=k < projections - 1)
-                    for conv, t in saved.items():
-                        if t.grad is None:  # a consumer the decoded output does not depend on
-                            continue
-                        moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], t.grad).double().cpu())
-                saved.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in params.items():
-            p.requires_grad_(flag)
+    gradients = projected_gradients(model, convs, images, nc, projections, seed, "sensitivity (lsq)", verbose)
+    for k, inputs, grads in gradients:
+        if k == 0:  # P e per consumer does not depend on the projection: once per batch
+            whitened = {
+                conv: torch.einsum("gc,bchw->bghw", prec[conv].to(x), x - cross[conv].mean.to(x).view(1, -1, 1, 1))
+                for conv, x in inputs.items()
+            }
+        for conv, u in grads.items():
+            moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], u).double().cpu())
     return {conv: torch.cat(d) for conv, d in moments.items() if d}
 
 
