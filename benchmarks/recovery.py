@@ -58,6 +58,9 @@ def real_methods(teacher: Path) -> dict:
         "both distillations": ["distill=1", f"distill_model={teacher}"],
         "distill, Ultralytics' training defaults": ["distill=1", *ULTRALYTICS_DEFAULTS],
         **{f"distill, lr0={lr}": ["distill=1", f"lr0={lr}"] for lr in LR_SWEEP},  # the job's SGD, other rates
+        # Ultralytics accumulates gradients up to nbs=64 images: at batch 16 on 128 images, 2 steps an epoch
+        "distill, nbs=16": ["distill=1", "nbs=16"],
+        "distill, nbs=16, lr0=0.003": ["distill=1", "nbs=16", "lr0=0.003"],
     }
 
 
