@@ -20,7 +20,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 from yolo_nexp.job import resolve_data  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 
@@ -88,7 +88,7 @@ def main():
         [
             "# Pruning inside an Ultralytics training run (yolo_nexp.attach), synthetic data",
             "",
-            f"Command: `python {' '.join(sys.argv)}`",
+            f"Command: `{command_line()}`",
             "",
             f"yolov8n from yaml, {args.epochs} epochs at imgsz {args.imgsz}, batch 16, seed 0, on the plugin's synthetic "
             f"dataset (128 train / 32 val images, 8 classes); ratio {args.ratio}, NEXP on 4 training batches. "

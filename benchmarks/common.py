@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import sys
 import tempfile
 from copy import deepcopy
 from dataclasses import dataclass
@@ -104,6 +106,11 @@ class Baseline:
         atomic_write(target.with_suffix(".csv"), lambda tmp: shutil.copyfile(run / "results.csv", tmp))
         atomic_write(target, lambda tmp: shutil.copyfile(run / "weights" / "best.pt", tmp))
         shutil.rmtree(project, ignore_errors=True)
+
+
+def command_line() -> str:
+    """The command that is running, quoted so that it can be pasted back (method labels hold spaces)."""
+    return f"python {shlex.join(sys.argv)}"
 
 
 def publish(text: str, out: Path | None) -> None:

@@ -31,7 +31,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
+from benchmarks.common import Baseline, ResultStore, command_line, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
 
@@ -215,7 +215,7 @@ def main():
         f"Validation: square inputs (rect=False), NMS time limit lifted (no figure is cut). "
         f"Pruning and one-shot validation took {seconds / 60:.1f} min of the runs in all (2 CPU cores)."
     )
-    text = render(tables, dense, cfg, intro, command=f"python {' '.join(sys.argv)}", quick=args.quick)
+    text = render(tables, dense, cfg, intro, command=command_line(), quick=args.quick)
     publish(text, args.out)
     if args.out:
         for name, rows in tables.items():  # retention against MACs cut, one line per row, seeds' range shaded

@@ -15,7 +15,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 
 CONFIGS = [
     "yolov8n.yaml",
@@ -79,7 +79,7 @@ def main():
         [
             f"# The supported family at ratio {args.ratio} (`{args.criterion}`, allocation `{args.allocation}`)",
             "",
-            f"Command: `python {' '.join(sys.argv)}`",
+            f"Command: `{command_line()}`",
             "",
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}. Models from yaml (random init); calibration: {args.source}, "

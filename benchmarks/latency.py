@@ -35,7 +35,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 from yolo_nexp.export import onnx_parity  # noqa: E402
 from yolo_nexp.latency.backends import model_runner  # noqa: E402
 from yolo_nexp.latency.timing import interleaved_ms  # noqa: E402
@@ -139,7 +139,7 @@ def main():
         [
             "# Batch-1 CPU latency: dense vs NEXP-pruned YOLOv8",
             "",
-            f"Command: `python {' '.join(sys.argv)}`",
+            f"Command: `{command_line()}`",
             "",
             f"Machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
             f"threads), onnxruntime {ort.__version__} (CPUExecutionProvider, default threads). Input {args.imgsz}x"
@@ -197,7 +197,7 @@ def targets(args) -> None:
     lines = [
         "# Pruning to a measured latency: onnxruntime CPU",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `{command_line()}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__} (default providers). "
         f"Input {args.imgsz}x{args.imgsz}, batch 1. Models from yaml (random init), pruned with the plugin's defaults "

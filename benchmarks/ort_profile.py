@@ -23,7 +23,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 from yolo_nexp.report import macs_and_params  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main():
         f"# onnxruntime time per operator type: yolov8{args.scale} dense vs pruned (ratio {args.ratio}, "
         f"round_to {args.round_to})",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `{command_line()}`",
         "",
         f"onnxruntime {ort.__version__}, CPUExecutionProvider, batch 1, {args.imgsz}x{args.imgsz}, mean of "
         f"{args.runs} profiled runs after warm-up. MACs speed-up {dense_macs / pruned_macs:.2f}x; "

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 
 BATCH = 16
 
@@ -79,7 +79,7 @@ def main():
     lines = [
         "# Prune step cost against plain forward passes",
         "",
-        f"Command: `python {' '.join(sys.argv)}`",
+        f"Command: `{command_line()}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
         f"torch {torch.__version__}. {args.images} noise images at {args.imgsz} px in batches of {BATCH}; "

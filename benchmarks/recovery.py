@@ -34,7 +34,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import Baseline, ResultStore, publish  # noqa: E402
+from benchmarks.common import Baseline, ResultStore, command_line, publish  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
 from yolo_nexp.cli import entrypoint  # noqa: E402
 from yolo_nexp.pruning.pruner import DEFAULT_CRITERION  # noqa: E402
@@ -226,7 +226,7 @@ def main():
     minutes = sum(r["seconds"] for r in results.values()) / 60
     lines = [
         "# Recovery after pruning: mAP50-95 per epoch", "",
-        f"Command: `python {' '.join(sys.argv)}`", "",
+        f"Command: `{command_line()}`", "",
         f"Baseline: {base.describe()}; dense validation mAP50-95 **{dense:.3f}**. Each row runs `yolo-nexp prune "
         f"macs=<cut> criterion=<criterion> epochs={epochs} imgsz={base.imgsz} batch=16 "
         f"{'rect=False' if real else 'warmup_epochs=0'}` with the method's arguments (the job's defaults otherwise), "

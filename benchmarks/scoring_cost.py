@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.common import command_line, publish  # noqa: E402
 
 BATCH = 8
 
@@ -148,7 +148,7 @@ def main():
         [
             "# Cost of NEXP scoring against the number of calibration images",
             "",
-            f"Command: `python {' '.join(sys.argv)}`",
+            f"Command: `{command_line()}`",
             "",
             f"Random-init models, noise images at {args.imgsz}x{args.imgsz} in batches of {BATCH}, CPU (2 cores, torch "
             f"{torch.__version__}). Each measurement is a fresh process that runs one untimed batch first; the two "

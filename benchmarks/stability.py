@@ -24,7 +24,7 @@ from ultralytics import YOLO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yolo_nexp  # noqa: E402
-from benchmarks.common import Baseline, publish  # noqa: E402
+from benchmarks.common import Baseline, command_line, publish  # noqa: E402
 from yolo_nexp.arch.family import conv_blocks, detection_model  # noqa: E402
 from yolo_nexp.scoring.nexp import FiringCounter, position_share, recording  # noqa: E402
 from yolo_nexp.scoring.sources import calibration_batches  # noqa: E402
@@ -151,7 +151,7 @@ def main():
         [
             "# Stability of NEXP ranks (Spearman rho of per-channel NEXP)",
             "",
-            f"Command: `python {' '.join(sys.argv)}`",
+            f"Command: `{command_line()}`",
             "",
             f"Trained: the criteria benchmark's baseline, {base.describe()}; validation mAP50-95 {base_map:.3f}. "
             f"Untrained: the same run's weights before its first training step. Scores on {args.batches} batches of "
