@@ -60,7 +60,6 @@ def real_methods(teacher: Path) -> dict:
         **{f"distill, lr0={lr}": ["distill=1", f"lr0={lr}"] for lr in LR_SWEEP},  # the job's SGD, other rates
         # Ultralytics accumulates gradients up to nbs=64 images: at batch 16 on 128 images, 2 steps an epoch
         "distill, nbs=16": ["distill=1", "nbs=16"],
-        "distill, nbs=16, lr0=0.003": ["distill=1", "nbs=16", "lr0=0.003"],
     }
 
 

@@ -126,3 +126,20 @@ def test_an_lsq_estimate_prune_records_the_covariances_without_the_lsq_repair():
         batch=2, passes=1, verbose=False,
     )  # fmt: skip
     assert 0.1 < report.macs_reduction < 0.3
+
+
+def test_projected_gradients_closed_early_leaves_no_hook_and_restores_grad_flags():
+    from yolo_nexp.pruning.linear_sensitivity import projected_gradients
+
+    det = detection_model(YOLO("yolov8n.yaml"))
+    convs = [m for m in det.modules() if isinstance(m, torch.nn.Conv2d)][1:4]
+    det.model[0].conv.weight.requires_grad_(False)  # a flag that is not the default comes back as it was
+    flags = {n: p.requires_grad for n, p in det.named_parameters()}  # (DFL's conv is frozen already)
+    gen = projected_gradients(det, convs, [torch.rand(1, 3, 64, 64)] * 2, det.model[-1].nc, verbose=False)
+    k, inputs, grads = next(gen)
+    assert k == 0 and set(grads) == set(convs) and all(grads[c].shape == inputs[c].shape for c in convs)
+    assert not any(p.requires_grad for p in det.parameters())  # frozen while it runs
+    gen.close()
+    assert all(not c._forward_pre_hooks for c in convs)
+    assert {n: p.requires_grad for n, p in det.named_parameters()} == flags
+    assert any(flags.values()) and not flags["model.0.conv.weight"]

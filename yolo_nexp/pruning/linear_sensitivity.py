@@ -17,6 +17,8 @@ the cut; ``benchmarks/prune_cost.py`` compares the two on a real model.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import torch
 from torch import nn
 from ultralytics.utils import TQDM
@@ -56,7 +58,8 @@ def projected_gradients(
 
     The output is weighted by :func:`output_weights` and projected on ``v ~ N(0, I)``; one backward pass gives
     ``u = J^T W^1/2 v`` at every consumer of ``convs`` at once (see the module). Parameters do not require
-    gradients meanwhile and get their flags back, and the hooks are removed, when the generator ends or closes.
+    gradients meanwhile and get their flags back, and the hooks are removed, when the generator ends or is closed
+    (callers wrap it in ``contextlib.closing``).
 
     Args:
         model (nn.Module): The (split) detection model.
@@ -128,18 +131,20 @@ def channel_effects(model, groups, means, images, nc: int, projections: int = 2,
         for conv, rs in reads.items()
     }
     effects = [[] for _ in groups]
-    for _, inputs, grads in projected_gradients(model, reads, images, nc, projections, seed, verbose=verbose):
-        samples = next(iter(inputs.values())).shape[0]
-        per_group = [torch.zeros(samples, g.size) for g in groups]
-        for conv, u in grads.items():
-            delta = means[conv].to(u).view(1, -1, 1, 1) - inputs[conv]
-            s = (u * delta).sum((2, 3)).float().cpu()  # (B, input channels)
-            group_idx, ch, root = index[conv]
-            for i in group_idx.unique().tolist():
-                sel = group_idx == i
-                per_group[i].index_add_(1, root[sel], s[:, ch[sel]])
-        for i, e in enumerate(per_group):
-            effects[i].append(e)
+    # closing: an error here removes the hooks at once, not when the traceback lets the generator go
+    with closing(projected_gradients(model, reads, images, nc, projections, seed, verbose=verbose)) as gradients:
+        for _, inputs, grads in gradients:
+            samples = next(iter(inputs.values())).shape[0]
+            per_group = [torch.zeros(samples, g.size) for g in groups]
+            for conv, u in grads.items():
+                delta = means[conv].to(u).view(1, -1, 1, 1) - inputs[conv]
+                s = (u * delta).sum((2, 3)).float().cpu()  # (B, input channels)
+                group_idx, ch, root = index[conv]
+                for i in group_idx.unique().tolist():
+                    sel = group_idx == i
+                    per_group[i].index_add_(1, root[sel], s[:, ch[sel]])
+            for i, e in enumerate(per_group):
+                effects[i].append(e)
     return [torch.cat(e) for e in effects]
 
 

@@ -17,6 +17,8 @@ widths per set (:data:`FRACTIONS`), which the allocation interpolates between.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import torch
 from torch import nn
 
@@ -46,14 +48,15 @@ def consumer_moments(model, convs, cross, prec, images, nc: int, projections: in
     """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module)."""
     moments = {conv: [] for conv in convs}
     gradients = projected_gradients(model, convs, images, nc, projections, seed, "sensitivity (lsq)", verbose)
-    for k, inputs, grads in gradients:
-        if k == 0:  # P e per consumer does not depend on the projection: once per batch
-            whitened = {
-                conv: torch.einsum("gc,bchw->bghw", prec[conv].to(x), x - cross[conv].mean.to(x).view(1, -1, 1, 1))
-                for conv, x in inputs.items()
-            }
-        for conv, u in grads.items():
-            moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], u).double().cpu())
+    with closing(gradients):  # an error here removes the hooks at once
+        for k, inputs, grads in gradients:
+            if k == 0:  # P e per consumer does not depend on the projection: once per batch
+                whitened = {
+                    conv: torch.einsum("gc,bchw->bghw", prec[conv].to(x), x - cross[conv].mean.to(x).view(1, -1, 1, 1))
+                    for conv, x in inputs.items()
+                }
+            for conv, u in grads.items():
+                moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], u).double().cpu())
     return {conv: torch.cat(d) for conv, d in moments.items() if d}
 
 
