@@ -110,6 +110,7 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
     other = "tp"
     default = {"criterion": DEFAULT_CRITERION, "repair": "lsq", "allocation": "sensitivity"}
     tp_example = {"criterion": "tp", "repair": "none", "allocation": "uniform"}
+    lsq_default = {**default, "criterion": "nexp_lsq", "passes": 4, "estimate": "lsq"}
     return {
         "criteria": [
             (f"{c} / repair {r}", {"criterion": c, "repair": r, "allocation": "sensitivity"})
@@ -159,6 +160,10 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             for k in (1, 4)
             for c in (DEFAULT_CRITERION, "nexp_lsq")
             for e in ("mean", "lsq")
+        ],
+        "share": [  # the library's defaults (nexp_lsq, lsq estimate, 4 passes), the passes sharing the images or not
+            (f"nexp_lsq / lsq / passes 4 / lsq estimate{label}", {**lsq_default, **extra})
+            for label, extra in (("", {}), (" / shared calibration", {"share": True}))
         ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})

@@ -134,6 +134,8 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "passes": "Passes (recalibrated between, no training) and BatchNorm re-estimation",
         "calibration": "Calibration batches",
         "rivals": "Rival criteria and allocations (lsq repair)",
+        "lsq estimates": "The lsq repair in the criterion and in the sensitivity estimate",
+        "share": "Passes sharing the calibration images or each reading them all",
     }
     for name, title in titles.items():
         if name in tables:

@@ -2,9 +2,10 @@
 
 For each scale (a yolov8 built from its yaml: timing does not depend on the weights), the calibration images
 (noise, ``--images`` of them in batches of 16 at ``--imgsz``) are first run through the model once, timed, then
-``yolo_nexp.prune`` runs with its defaults (``nexp_use``, sensitivity allocation, lsq repair; ``--passes``) on the same
-images to a MACs target, and its report splits the seconds into scoring (calibration pass and scores),
-sensitivity and surgery (allocation, repair, structural pruning). The ratio is whole step / forward passes; the
+``yolo_nexp.prune`` runs with its defaults (``nexp_lsq``, sensitivity allocation with the lsq estimate, lsq repair)
+on the same images to a MACs target, in each of ``--passes`` and, for more than one pass, also with the passes
+sharing the calibration images (``share=True``); its report splits the seconds into scoring (calibration pass and
+scores), sensitivity and surgery (allocation, repair, structural pruning). The ratio is whole step / forward passes; the
 forward passes are timed before and after the prune step (mean ± half the difference).
 
 Usage:
@@ -28,7 +29,7 @@ from benchmarks.common import command_line, publish  # noqa: E402
 BATCH = 16
 
 
-def measure(scale: str, images: int, imgsz: int, macs: float, passes: int) -> dict:
+def measure(scale: str, images: int, imgsz: int, macs: float, passes: int, share: bool) -> dict:
     """Seconds of plain forward passes and of each part of the prune step, for one scale."""
     from ultralytics import YOLO
 
@@ -51,7 +52,7 @@ def measure(scale: str, images: int, imgsz: int, macs: float, passes: int) -> di
         dense(next(iter(calibration_batches("noise", batches=1, imgsz=imgsz, batch=BATCH, seed=1))))  # warm-up
     before = forward()
     t = time.perf_counter()
-    kw = dict(source="noise", batches=batches, imgsz=imgsz, batch=BATCH, passes=passes, verbose=False)
+    kw = dict(source="noise", batches=batches, imgsz=imgsz, batch=BATCH, passes=passes, share=share, verbose=False)
     report = yolo_nexp.prune(yolo, macs=macs, **kw)
     total = time.perf_counter() - t
     after = forward()  # the same passes again: a machine whose load changed shows it as a spread
@@ -73,6 +74,7 @@ def main():
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--macs", type=float, default=0.25)
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 4], help="passes to time (default 1 and 4)")
+    ap.add_argument("--no-share", action="store_true", help="leave out the shared-calibration rows")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -83,15 +85,19 @@ def main():
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
         f"torch {torch.__version__}. {args.images} noise images at {args.imgsz} px in batches of {BATCH}; "
-        f"`yolo_nexp.prune(macs={args.macs}, passes=...)`, otherwise the defaults (sensitivity on the first batch).",
+        f"`yolo_nexp.prune(macs={args.macs}, passes=..., share=...)`, otherwise the defaults (sensitivity on the first "
+        "batch; with `share=True` each pass reads its share of the batches, and its slice of one for the sensitivity).",
         "",
-        "| model | passes | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) | whole / forward | MACs cut |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | passes | share | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) "
+        "| whole / forward | MACs cut |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scale, passes in ((s, k) for s in args.scales for k in args.passes):
-        r = measure(scale, args.images, args.imgsz, args.macs, passes)
+    runs = [(k, False) for k in args.passes] + ([] if args.no_share else [(k, True) for k in args.passes if k > 1])
+    for scale, (passes, share) in ((s, run) for s in args.scales for run in runs):
+        r = measure(scale, args.images, args.imgsz, args.macs, passes, share)
         lines.append(
-            f"| yolov8{scale} | {passes} | {r['forward']:.1f} ± {r['spread']:.1f} | {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
+            f"| yolov8{scale} | {passes} | {'yes' if share else 'no'} | {r['forward']:.1f} ± {r['spread']:.1f} "
+            f"| {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
             f"| {r['total']:.1f} | {r['total'] / r['forward']:.2f}x | {r['cut']:.1%} |"
         )
         print(lines[-1], flush=True)

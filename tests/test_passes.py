@@ -64,3 +64,71 @@ def test_default_passes_is_the_one_of_configs_default_yaml():
     assert inspect.signature(yolo_nexp.prune).parameters["passes"].default == pruner.DEFAULT_PASSES
     report = yolo_nexp.prune(YOLO("yolov8n.yaml"), ratio=0.3, source="noise", imgsz=64, batches=1, batch=2)
     assert report.passes == pruner.DEFAULT_PASSES
+
+
+def test_shared_passes_split_the_calibration_batches_and_the_sensitivity_images(monkeypatch):
+    import torch
+
+    parts, sensitivity = [], []
+    calibrate, curves = pruner.calibrate, pruner.sensitivity_curves
+
+    def spy_calibrate(*args, **kwargs):
+        parts.append(kwargs["part"])
+        return calibrate(*args, **kwargs)
+
+    def spy_curves(det, sets, widths, calib, estimate, images, verbose):
+        sensitivity.append(torch.cat(images))
+        return curves(det, sets, widths, calib, estimate, images, verbose)
+
+    monkeypatch.setattr(pruner, "calibrate", spy_calibrate)
+    monkeypatch.setattr(pruner, "sensitivity_curves", spy_curves)
+    batches = tuple(torch.full((4, 3, 64, 64), 0.1 * (i + 1)) for i in range(4))  # batch i is all 0.1 (i + 1)
+    kw = dict(macs=0.4, passes=4, source=batches, imgsz=64, batches=4, round_to=1, verbose=False)
+    yolo_nexp.prune(YOLO("yolov8n.yaml"), share=True, **kw)
+    assert parts == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert [len(x) for x in sensitivity] == [1, 1, 1, 1]  # a quarter of its own batch each
+    assert [round(float(x.mean()), 3) for x in sensitivity] == [0.1, 0.2, 0.3, 0.4]
+    parts.clear(), sensitivity.clear()
+    yolo_nexp.prune(YOLO("yolov8n.yaml"), share=False, **kw)
+    assert parts == [(0, 1)] * 4 and [len(x) for x in sensitivity] == [4] * 4
+
+
+def test_shared_passes_with_fewer_batches_than_passes_take_distinct_slices(monkeypatch):
+    import torch
+
+    from yolo_nexp.pruning.pruner import _sensitivity_images
+    from yolo_nexp.scoring.calibration import Calibration
+
+    calib = Calibration(images=[torch.arange(6.0).view(6, 1, 1, 1)])
+    slices = [_sensitivity_images(calib, (k, 4)) for k in range(4)]
+    assert [x[0].flatten().tolist() for x in slices] == [[0, 1], [2, 3], [4, 5], [0, 1]]
+    assert _sensitivity_images(calib, (0, 1))[0].shape[0] == 6
+
+
+@pytest.mark.parametrize("share", [1, "yes", None])
+def test_share_must_be_a_bool(share):
+    with pytest.raises(ValueError, match="share"):
+        yolo_nexp.prune(YOLO("yolov8n.yaml"), ratio=0.3, share=share, source="noise", imgsz=64)
+
+
+def test_default_share_is_the_one_of_configs_default_yaml():
+    import inspect
+
+    from yolo_nexp.cli import load_defaults
+
+    plugin, _ = load_defaults()
+    assert plugin["share"] == pruner.DEFAULT_SHARE
+    assert inspect.signature(yolo_nexp.prune).parameters["share"].default == pruner.DEFAULT_SHARE
+
+
+def test_the_parts_of_a_calibration_source_are_its_batches_dealt_out(tiny_data):
+    import torch
+
+    from yolo_nexp.scoring.sources import calibration_batches
+
+    for source in ("noise", tiny_data):
+        kw = dict(batches=3, imgsz=32, batch=2, seed=5)
+        whole = list(calibration_batches(source, **kw))
+        parts = [list(calibration_batches(source, **kw, part=(i, 2))) for i in range(2)]
+        assert [len(p) for p in parts] == [2, 1]
+        assert all(torch.equal(a, b) for a, b in zip(whole, [parts[0][0], parts[1][0], parts[0][1]]))

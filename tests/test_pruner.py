@@ -147,6 +147,8 @@ def test_sensitivity_is_measured_on_sensitivity_batches(yolov8n, monkeypatch):
         (dict(criterion="l1", repair="none", allocation="uniform", bn_recal=True), False),  # nothing reads means
         (dict(criterion="nexp_use", repair="none", allocation="uniform"), True),  # NEEDS["nexp_use"] == "inputs"
         (dict(criterion="l1", repair="mean", allocation="uniform"), True),  # the repair folds the means
+        (dict(criterion="nexp_lsq", repair="lsq", estimate="lsq"), False),  # the covariances bring their means
+        (dict(criterion="nexp_lsq", repair="lsq", estimate="mean"), True),  # the mean estimate reads them
     ],
 )
 def test_calibration_records_input_moments_only_when_read(yolov8n, monkeypatch, kw, inputs):

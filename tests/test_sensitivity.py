@@ -143,3 +143,36 @@ def test_projected_gradients_closed_early_leaves_no_hook_and_restores_grad_flags
     assert all(not c._forward_pre_hooks for c in convs)
     assert {n: p.requires_grad for n, p in det.named_parameters()} == flags
     assert any(flags.values()) and not flags["model.0.conv.weight"]
+
+
+def test_lsq_consumer_moments_equal_the_whitened_sum_over_positions():
+    from torch import nn
+
+    from yolo_nexp.pruning import lsq_sensitivity
+    from yolo_nexp.pruning.linear_sensitivity import projected_gradients
+
+    det = detection_model(informative(YOLO("yolov8n.yaml"), imgsz=64))
+    with c2f_split(det):
+        calib = calibrate(det, "noise", 2, 64, 2, 0, cross=True, keep_images=1, verbose=False)
+        convs = [c for c in det.modules() if isinstance(c, nn.Conv2d) and c.groups == 1]
+        prec = lsq_sensitivity.precisions({c: calib.cross[c] for c in convs})
+        got = lsq_sensitivity.consumer_moments(det, convs, calib.cross, prec, calib.images, 80, verbose=False)
+        want = {c: [] for c in convs}  # D = sum over positions of (P e) u^T, whitening every position first
+        for _, inputs, grads in projected_gradients(det, convs, calib.images, 80, verbose=False):
+            for c, u in grads.items():
+                white = torch.einsum(
+                    "gc,bchw->bghw", prec[c], (inputs[c] - calib.cross[c].mean.view(1, -1, 1, 1)).double()
+                )
+                want[c].append(torch.einsum("bghw,bihw->bgi", white, u.double()))
+    assert got.keys() == {c for c, d in want.items() if d}
+    for c, d in got.items():
+        ref = torch.cat(want[c])
+        assert float((d - ref).norm() / ref.norm()) < 5e-3  # float32 products against float64 (a wrong sum: ~1)
+
+
+def test_batches_are_run_in_chunks_of_at_most_four_640_px_images():
+    from yolo_nexp.utils import chunks
+
+    assert [len(c) for c in chunks(torch.zeros(16, 3, 640, 640))] == [4, 4, 4, 4]
+    assert [len(c) for c in chunks(torch.zeros(6, 3, 1280, 1280))] == [1] * 6  # never fewer than one image
+    assert [len(c) for c in chunks(torch.zeros(8, 3, 64, 64))] == [8]

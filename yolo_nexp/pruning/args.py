@@ -12,6 +12,7 @@ DEFAULT_RATIO = 0.5  # ratio when no ratio, macs or latency is given; configs/de
 # Prunes the target is reached in, each recalibrated on the model the last left: on the real-model benchmark 4
 # passes kept 23% of mAP50-95 at -46% MACs where one kept 6-9% (2 seeds), at about 2.5x the prune time.
 DEFAULT_PASSES = 4  # configs/default.yaml's ``passes`` (a test checks)
+DEFAULT_SHARE = False  # configs/default.yaml's ``share``: whether the passes share the calibration images
 
 PLUGIN_KEYS = (
     "ratio",
@@ -25,6 +26,7 @@ PLUGIN_KEYS = (
     "bn_recal",
     "passes",
     "estimate",
+    "share",
     "latency",
     "backend",
     "latency_batch",
@@ -47,6 +49,7 @@ def check_prune_args(
     backend: str = "onnxruntime",
     latency_batch: int = 1,
     estimate: str = DEFAULT_ESTIMATE,
+    share: bool = DEFAULT_SHARE,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -86,6 +89,8 @@ def check_prune_args(
         raise ValueError(f"global must be True or False; got {global_pruning!r}.")
     if not (whole(passes) and 1 <= passes <= 20):
         raise ValueError(f"passes must be a whole number from 1 to 20 (1 prunes in one go); got {passes!r}.")
+    if not isinstance(share, bool):
+        raise ValueError(f"share must be True or False; got {share!r}.")
     if estimate not in ESTIMATES:
         raise ValueError(
             f"estimate: unknown '{estimate}', choose one of {', '.join(ESTIMATES)} (the repair it simulates)."

@@ -24,7 +24,7 @@ from torch import nn
 from ultralytics.utils import TQDM
 
 from yolo_nexp.pruning.groups import IN_HANDLERS, PrunableGroup
-from yolo_nexp.utils import mode
+from yolo_nexp.utils import chunks, mode
 
 
 def output_weights(ref: torch.Tensor, nc: int) -> torch.Tensor:
@@ -72,9 +72,9 @@ def projected_gradients(
         verbose (bool): Show a progress bar.
 
     Yields:
-        tuple[int, dict, dict]: The projection's index within its batch (0 first: the inputs are new), each
-        consumer's detached input, and each consumer's gradient ``u`` (consumers the decoded output does not
-        depend on, such as Segment's prototypes, are left out).
+        tuple[int, dict, dict]: Per chunk of a batch (:func:`yolo_nexp.utils.chunks`), the projection's index (0 first: the inputs
+        are new), each consumer's detached input, and each consumer's gradient ``u`` (consumers the decoded output
+        does not depend on, such as Segment's prototypes, are left out).
     """
     gen = torch.Generator().manual_seed(seed)
     saved: dict[nn.Conv2d, torch.Tensor] = {}
@@ -91,7 +91,7 @@ def projected_gradients(
         for p in params:
             p.requires_grad_(False)
         with mode(model), torch.enable_grad():
-            for batch in TQDM(images, desc=desc, disable=not verbose):
+            for batch in TQDM([c for b in images for c in chunks(b)], desc=desc, disable=not verbose):
                 model.model[-1].shape = None  # the head's anchors may be cached from an inference-mode pass
                 out = model(batch.detach().clone().requires_grad_(True))
                 out = out[0] if isinstance(out, (tuple, list)) else out

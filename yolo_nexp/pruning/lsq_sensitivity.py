@@ -45,18 +45,22 @@ def precisions(cross: dict) -> dict[nn.Conv2d, torch.Tensor]:
 
 
 def consumer_moments(model, convs, cross, prec, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
-    """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module)."""
+    """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module).
+
+    Computed as ``P (sum_positions e u^T)``: one (inputs x positions) product per sample and projection, where
+    whitening ``e`` first would cost another one per sample.
+    """
     moments = {conv: [] for conv in convs}
     gradients = projected_gradients(model, convs, images, nc, projections, seed, "sensitivity (lsq)", verbose)
     with closing(gradients):  # an error here removes the hooks at once
         for k, inputs, grads in gradients:
-            if k == 0:  # P e per consumer does not depend on the projection: once per batch
-                whitened = {
-                    conv: torch.einsum("gc,bchw->bghw", prec[conv].to(x), x - cross[conv].mean.to(x).view(1, -1, 1, 1))
-                    for conv, x in inputs.items()
+            if k == 0:  # e per consumer does not depend on the projection: once per chunk
+                centred = {
+                    conv: (x - cross[conv].mean.to(x).view(1, -1, 1, 1)).flatten(2) for conv, x in inputs.items()
                 }
             for conv, u in grads.items():
-                moments[conv].append(torch.einsum("bghw,bihw->bgi", whitened[conv], u).double().cpu())
+                e_u = torch.bmm(centred[conv], u.flatten(2).transpose(1, 2))  # (B, inputs, inputs)
+                moments[conv].append(torch.einsum("gc,bci->bgi", prec[conv].to(e_u), e_u).double().cpu())
     return {conv: torch.cat(d) for conv, d in moments.items() if d}
 
 

@@ -17,6 +17,7 @@ from yolo_nexp.pruning.args import (  # noqa: F401  (re-exported: the API's defa
     DEFAULT_CRITERION,
     DEFAULT_PASSES,
     DEFAULT_RATIO,
+    DEFAULT_SHARE,
     PLUGIN_KEYS,
     check_prune_args,
     prune_kwargs,
@@ -34,12 +35,9 @@ SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is estimated on (
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:
-    """Keep a ``YOLO`` object's checkpoint dict consistent with its pruned module.
-
-    The EMA and optimizer state of a loaded checkpoint belong to the dense model, so they go. And
-    ``YOLO.train()`` hands its in-memory module to the trainer only when ``ckpt`` is non-empty (otherwise
-    it rebuilds from the yaml), so a model built from a yaml gets one.
-    """
+    """Keep a ``YOLO`` object's checkpoint dict consistent with its pruned module: the dense model's EMA and
+    optimizer state go, and a model built from a yaml gets a ``ckpt`` (``YOLO.train()`` hands its in-memory module
+    to the trainer only when ``ckpt`` is non-empty; otherwise it rebuilds from the yaml)."""
     if isinstance(model, Model):
         model.ckpt = {**(model.ckpt or {}), "model": det, "ema": None, "optimizer": None}
 
@@ -57,8 +55,18 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
+def _sensitivity_images(calib, part: tuple[int, int]) -> list:
+    """The images the sensitivity is estimated on: the first :data:`SENSITIVITY_BATCHES` kept batches, or for a
+    pass that shares them (``part = (index, count)``) its ``index``-th of ``count`` slices of the first one."""
+    if part[1] == 1:
+        return calib.images[:SENSITIVITY_BATCHES]
+    first = calib.images[0]
+    n = -(-len(first) // part[1])
+    return [first[part[0] * n : (part[0] + 1) * n] if part[0] * n < len(first) else first[:n]]
+
+
 def _plan(
-    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None
+    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, part=(0, 1)
 ) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
     under the chosen allocation, and the seconds the sensitivity estimate took."""
@@ -70,7 +78,7 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        curves = sensitivity_curves(det, sets, widths, calib, estimate, calib.images[:SENSITIVITY_BATCHES], verbose)
+        curves = sensitivity_curves(det, sets, widths, calib, estimate, _sensitivity_images(calib, part), verbose)
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -121,6 +129,7 @@ def prune(
     backend: str = "onnxruntime",
     latency_batch: int = 1,
     estimate: str = DEFAULT_ESTIMATE,
+    share: bool = DEFAULT_SHARE,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -161,6 +170,9 @@ def prune(
         estimate (str): The repair the ``sensitivity`` allocation's first-order distortion estimate simulates:
             ``mean`` (removed channels replaced by their means) or ``lsq`` (by their least-squares prediction
             from the kept channels, :mod:`yolo_nexp.pruning.lsq_sensitivity`; slower).
+        share (bool): With ``passes > 1``, the passes share the calibration: pass ``k`` reads every ``passes``-th
+            batch from the ``k``-th on and estimates the sensitivity on its slice of the first one, so the passes
+            together cost about what one pass costs; False: every pass reads all ``batches`` (slower).
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -174,7 +186,7 @@ def prune(
     """
     check_prune_args(
         ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
-        latency, backend, latency_batch, estimate,
+        latency, backend, latency_batch, estimate, share,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
@@ -201,10 +213,11 @@ def prune(
     for k in range(1, passes + 1):
         # Each pass aims at its share of the target from what the passes before it actually removed, so
         # rounding that left a pass short is made up by the next instead of adding up.
-        share = 1.0 - (1.0 - total * k / passes) / (1.0 - _removed(reports, key))
-        if share > 0 or not reports:
-            target = {"ratio": None, "macs": None, key: max(share, 0.0)}
-            reports.append(_prune_once(model, **target, origin=origin, **args))
+        step = 1.0 - (1.0 - total * k / passes) / (1.0 - _removed(reports, key))
+        if step > 0 or not reports:
+            target = {"ratio": None, "macs": None, key: max(step, 0.0)}
+            part = ((k - 1) % min(passes, batches), min(passes, batches)) if share else (0, 1)
+            reports.append(_prune_once(model, **target, origin=origin, part=part, **args))
     report = PruneReport.chain(reports, macs_target=macs)
     report.floored = _floored(report.channels, round_to)
     return report
@@ -212,10 +225,11 @@ def prune(
 
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
-    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE,
+    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, part=(0, 1),
 ) -> PruneReport:  # fmt: skip
-    """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes, and
-    ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``."""
+    """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes,
+    ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``, and ``part``
+    is the pass's share of the calibration batches (``(index, count)``, see ``share``)."""
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -227,18 +241,21 @@ def _prune_once(
         if need or repair != "none" or allocation in ("sensitivity", "information") or bn_recal:
             keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
             keep = max(keep, kept_batches(criterion, batches))  # the batches the criterion reads again
-            inputs = need == "inputs" or repair != "none" or allocation == "sensitivity"  # the input means
+            mean_estimate = allocation == "sensitivity" and estimate == "mean"
+            inputs = need == "inputs" or repair == "mean" or mean_estimate  # the input means (cross has its own)
             cross = repair == "lsq" or need == "cross" or (allocation == "sensitivity" and estimate == "lsq")
             flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=cross)
             flags["information"] = allocation == "information"  # map rank and entropy of every block's output
-            calib = calibrate(det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose)
+            calib = calibrate(
+                det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose, part=part
+            )
         graph = build_graph(det)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the random criterion, reproducibly
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency
+            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency, part
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),

@@ -28,7 +28,7 @@ from yolo_nexp.arch.family import conv_blocks, detection_model
 from yolo_nexp.scoring.feature_information import FeatureInformation
 from yolo_nexp.scoring.nexp import FiringCounter
 from yolo_nexp.scoring.sources import calibration_batches
-from yolo_nexp.utils import mode
+from yolo_nexp.utils import chunks, mode
 
 
 class Moments:
@@ -64,14 +64,14 @@ class Moments:
         return self.m2 / max(self.n - 1, 1)
 
 
-MAX_POSITIONS = 16384  # (image, position) samples per batch the covariance of a conv's input is read on
+MAX_POSITIONS = 1024  # positions per image the covariance of a conv's input is read on (16384 in a batch of 16)
 
 
 class CrossMoments:
     """Streaming mean and covariance of the channels of a (B, C, H, W) input, over images and positions.
 
     Per batch one (C, C) product in float32, summed in float64: what the least-squares repair regresses on. Large
-    maps are read on a regular grid of at most :data:`MAX_POSITIONS` positions per batch: a regression of one
+    maps are read on a regular grid of at most :data:`MAX_POSITIONS` positions per image: a regression of one
     channel on the others needs far fewer samples than a high-resolution map has, and the cost stays bounded.
     """
 
@@ -81,7 +81,7 @@ class CrossMoments:
 
     def update(self, x: torch.Tensor) -> None:
         """Add one batch."""
-        step = math.ceil(math.sqrt(x.shape[0] * x.shape[2] * x.shape[3] / MAX_POSITIONS))
+        step = math.ceil(math.sqrt(x.shape[2] * x.shape[3] / MAX_POSITIONS))
         x = x[:, :, ::step, ::step] if step > 1 else x
         flat = x.detach().float().transpose(0, 1).reshape(x.shape[1], -1)
         s, o = flat.sum(1).double(), (flat @ flat.T).double()
@@ -154,6 +154,7 @@ def calibrate(
     information: bool = False,
     keep_images: int = 0,
     verbose: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> Calibration:
     """Run the calibration images through ``model`` once (eval mode, no grad) and record what is asked.
 
@@ -171,6 +172,8 @@ def calibrate(
         information (bool): Record per-channel map rank and activation entropy of every ``Conv`` block.
         keep_images (int): Keep up to this many batches of images for later passes.
         verbose (bool): Show a progress bar.
+        part (tuple[int, int]): ``(index, count)``: read only every ``count``-th batch from ``index`` on (a
+            pruning pass's share, :func:`yolo_nexp.scoring.sources.calibration_batches`).
 
     Returns:
         (Calibration): The statistics, on the CPU for scores and on the model's device for inputs.
@@ -189,12 +192,15 @@ def calibrate(
             calib.cross = _hook_inputs(stack, model, CrossMoments)
         if information:
             calib.information = _hook_outputs(stack, blocks, FeatureInformation)
-        stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed)
-        for images in TQDM(stream, total=batches, desc="calibration", disable=not verbose):
+        stream = calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed, part=part)
+        total = len(range(part[0], batches, part[1]))
+        for images in TQDM(stream, total=total, desc="calibration", disable=not verbose):
             images = images.to(param.device, param.dtype)
             if len(calib.images) < keep_images:
                 calib.images.append(images)
-            model(images)
+            # chunks: faster, and every statistic is a sum over images except the information one's first-batch range
+            for part in (images,) if information else chunks(images):
+                model(part)
             calib.n_images += images.shape[0]
     if calib.n_images == 0:
         raise ValueError("the calibration source gave no images: check 'source' (or the data's train split).")

@@ -44,31 +44,33 @@ def load_letterboxed(file: Path, imgsz: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))).float() / 255.0
 
 
-def _image_batches(files: list[Path], batches: int, imgsz: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
+def _image_batches(files: list[Path], batches: int, imgsz: int, batch: int, seed: int, part) -> Iterator[torch.Tensor]:
     """Batches of a seeded sample of ``files``; the last batch may be smaller if there are too few images."""
     if not files:
         raise FileNotFoundError("the calibration source contains no images.")
     files = random.Random(seed).sample(files, min(len(files), batches * batch))
-    for i in range(0, len(files), batch):
+    for i in range(0, len(files), batch)[part[0] :: part[1]]:  # only the part's batches are read
         yield torch.stack([load_letterboxed(f, imgsz) for f in files[i : i + batch]])
 
 
-def _noise_batches(batches: int, imgsz: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    """Uniform noise images, reproducible from ``seed``."""
+def _noise_batches(batches: int, imgsz: int, batch: int, seed: int, part) -> Iterator[torch.Tensor]:
+    """Uniform noise images, reproducible from ``seed`` (a part draws the whole stream and keeps its batches)."""
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        yield torch.rand(batch, 3, imgsz, imgsz, generator=gen)
+    for i in range(batches):
+        images = torch.rand(batch, 3, imgsz, imgsz, generator=gen)
+        if i % part[1] == part[0]:
+            yield images
 
 
-def _loader_batches(loader: Iterable, batches: int) -> Iterator[torch.Tensor]:
+def _loader_batches(loader: Iterable, batches: int, part) -> Iterator[torch.Tensor]:
     """Image tensors in [0, 1] from an iterable of tensors or Ultralytics batch dicts (uint8 ``"img"``)."""
-    for item in islice(loader, batches):
+    for item in islice(loader, part[0], batches, part[1]):
         images = item["img"] if isinstance(item, dict) else item
         yield images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def calibration_batches(
-    source, batches: int = 4, imgsz: int = 640, batch: int = 8, seed: int = 0
+    source, batches: int = 4, imgsz: int = 640, batch: int = 8, seed: int = 0, part: tuple[int, int] = (0, 1)
 ) -> Iterator[torch.Tensor]:
     """Yield up to ``batches`` float image batches (B, 3, H, W) in [0, 1] from a calibration source.
 
@@ -79,14 +81,16 @@ def calibration_batches(
         imgsz (int): Square size images are letterboxed to (noise is drawn at this size).
         batch (int): Images per batch for noise and image files.
         seed (int): Seed for the noise and for which images are drawn.
+        part (tuple[int, int]): ``(index, count)``: only the batches at positions ``index, index + count, ...``
+            of the ``batches`` (how several pruning passes share one set of calibration images).
     """
     if batches < 1 or batch < 1:
         raise ValueError(f"'batches' and 'batch' must be at least 1, got batches={batches}, batch={batch}.")
     if isinstance(source, str) and source == "noise":
-        return _noise_batches(batches, imgsz, batch, seed)
+        return _noise_batches(batches, imgsz, batch, seed, part)
     if isinstance(source, (str, Path)):
         files = train_images(source) if str(source).endswith((".yaml", ".yml")) else image_files(source)
-        return _image_batches(files, batches, imgsz, batch, seed)
+        return _image_batches(files, batches, imgsz, batch, seed, part)
     if isinstance(source, list):
-        return _image_batches(image_files(source), batches, imgsz, batch, seed)
-    return _loader_batches(source, batches)
+        return _image_batches(image_files(source), batches, imgsz, batch, seed, part)
+    return _loader_batches(source, batches, part)
