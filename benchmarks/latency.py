@@ -14,6 +14,10 @@ onnxruntime (the default allocation, criterion and passes, calibrated on noise),
 timed again in a fresh process (``--time``), interleaved with the dense model. Run on a quiet machine:
 
     python benchmarks/latency.py --targets --scales n s m --imgsz 640 --out benchmarks/results/latency_targets.md
+
+``--targets --real``: the same on the real trained YOLOv8s of ``benchmarks/real_model.py``, calibrated on its
+fidelity set's training images (4 x 8 at 640, as ``criteria.py`` does), every model validated on it: mAP50-95 at
+equal measured latency.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--targets", action="store_true", help="the latency-target table (see the module docstring)")
     ap.add_argument("--passes", type=int, default=None, help="--targets: prune passes (default: the plugin's)")
+    ap.add_argument("--real", action="store_true", help="--targets on the real trained YOLOv8s, with its mAP50-95")
     ap.add_argument(
         "--time", nargs="+", type=Path, default=None, help="time these checkpoints (first: dense), print JSON"
     )
@@ -172,42 +177,58 @@ def targets(args) -> None:
     tmp, rows = Path(tempfile.mkdtemp(prefix="nexp-targets-")), []
     common = dict(source="noise", imgsz=args.imgsz, batches=2, batch=4, verbose=False)
     common.update({"passes": args.passes} if args.passes else {})
-    for scale in args.scales:
-        dense = YOLO(f"yolov8{scale}.yaml")
-        files, built = [tmp / f"yolov8{scale}-dense.pt"], []
+    models = {f"yolov8{scale}": f"yolov8{scale}.yaml" for scale in args.scales}
+    quality, about = None, "Models from yaml (random init), pruned with the plugin's defaults on noise. "
+    if args.real:  # mAP50-95 on the real model's fidelity set
+        from benchmarks.real_model import RealModel, validate
+
+        real = RealModel()
+        models, data = {real.model: str(real.weights())}, real.data()
+        common.update(source=data, batches=4, batch=8)
+        about = f"The real YOLOv8s ({real.describe()}), calibrated on 4 x 8 of its training images. "
+
+        def quality(model):
+            return validate(model, data, args.imgsz)["map"]
+
+    for name, spec in models.items():
+        dense = YOLO(spec)
+        files, built = [tmp / f"{name}-dense.pt"], []
         dense.save(files[0])
+        dense_map = quality(dense) if quality else None
         for target in (0.5, 0.33):
             for kind in ("latency", "macs"):
-                model = YOLO(f"yolov8{scale}.yaml")
+                model = YOLO(spec)
                 cut = built[-1]["report"].macs_reduction if kind == "macs" else None
                 t0 = time.perf_counter()
                 report = yolo_nexp.prune(
                     model, **({"latency": target} if kind == "latency" else {"macs": cut}), **common
                 )
-                files.append(tmp / f"yolov8{scale}-{kind}{target}.pt")
+                seconds = time.perf_counter() - t0
+                files.append(tmp / f"{name}-{kind}{target}.pt")
                 model.save(files[-1])
-                built.append({"target": target, "kind": kind, "report": report, "seconds": time.perf_counter() - t0})
-                print(f"yolov8{scale} {kind} (latency {target}): {report.summary()}", flush=True)
+                kept = quality(model) / dense_map if quality else None
+                built.append({"target": target, "kind": kind, "report": report, "seconds": seconds, "kept": kept})
+                print(f"{name} {kind} (latency {target}): {report.summary()}; mAP kept {kept}", flush=True)
         cmd = [sys.executable, __file__, "--time", *map(str, files), "--imgsz", str(args.imgsz)]
         cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
         fresh = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         dense_ms = fresh[str(files[0])]["median"]
         for b, f in zip(built, files[1:]):
-            rows.append({"model": f"yolov8{scale}", "dense_ms": dense_ms, "fresh": fresh[str(f)], **b})
+            rows.append({"model": name, "dense_ms": dense_ms, "fresh": fresh[str(f)], "dense_map": dense_map, **b})
     lines = [
         "# Pruning to a measured latency: onnxruntime CPU",
         "",
         f"Command: `{command_line()}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__} (default providers). "
-        f"Input {args.imgsz}x{args.imgsz}, batch 1. Models from yaml (random init), pruned with the plugin's defaults "
-        f"on noise. 'in-process' is the ratio prune() measured and reported; 'fresh' is pruned / dense median ms "
+        f"Input {args.imgsz}x{args.imgsz}, batch 1. {about}"
+        f"'in-process' is the ratio prune() measured and reported; 'fresh' is pruned / dense median ms "
         f"measured again in a new process ({args.runs} runs each after {args.warmup} warm-up, 5 interleaved rounds). "
         f"The macs= rows target the MACs cut of the latency row above them (the default allocation, by MACs).",
         "",
         "| model | target | allocation by | MACs cut | in-process ratio | fresh ms (p25-p75) | fresh ratio "
-        "| within 5% | speed-up | MACs x | speed-up per MACs x | prune s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| within 5% | speed-up | MACs x | speed-up per MACs x | prune s |" + (" mAP50-95 kept |" if quality else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if quality else ""),
     ]
     for r in rows:
         rep, f = r["report"], r["fresh"]
@@ -218,6 +239,7 @@ def targets(args) -> None:
             f"| {r['model']} | {r['target']:g} | {'ms' if r['kind'] == 'latency' else 'MACs'} | "
             f"{rep.macs_reduction:.1%} | {inproc} | {f['median']:.1f} ({f['p25']:.1f}-{f['p75']:.1f}) | {ratio:.3f} "
             f"| {close} | {1 / ratio:.2f} | {macs_x:.2f} | {1 / ratio / macs_x:.0%} | {r['seconds']:.0f} |"
+            + (f" {r['kept']:.1%} ({r['kept'] * r['dense_map']:.3f}) |" if r["kept"] is not None else "")
         )
     publish("\n".join(lines + [""]), args.out)
 
