@@ -149,3 +149,13 @@ def test_defaults_agree_with_configs_default_yaml():
     params = inspect.signature(yolo_nexp.prune).parameters
     for key in ("latency", "backend", "latency_batch"):
         assert plugin[key] == params[key].default, key
+
+
+def test_the_latency_scale_only_grows_and_ignores_passes_that_saved_nothing():
+    from yolo_nexp.latency.target import next_scale
+
+    assert next_scale(0.4, 0.10, 10.0, 100.0) == 1.0  # 10 ms measured for 10 predicted: 1.0
+    assert next_scale(1.0, 0.05, 10.0, 100.0) == 1.0  # a lower estimate never lowers it (no overshoot from it)
+    assert next_scale(0.4, -0.13, 10.0, 100.0) == 0.4  # measured slower: no information
+    assert next_scale(0.4, 0.10, 0.0, 100.0) == 0.4
+    assert next_scale(0.4, 9.0, 1.0, 100.0) == 50.0  # clamped

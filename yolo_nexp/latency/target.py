@@ -5,7 +5,7 @@
 millisecond saved (``allocation=sensitivity``; other allocations keep their order) and takes the fewest
 whose predicted saving reaches that pass's share of the target. After each pass the whole model is
 exported and timed, interleaved with the dense one, and the next pass aims from the measured ratio,
-its prediction scaled by how far the last one was off. If the ratio is still above ``x`` after
+its prediction scaled by the most a predicted millisecond has been measured to save (:func:`next_scale`). If the ratio is still above ``x`` after
 ``passes``, up to :data:`EXTRA_PASSES` more passes follow; the report says whether the target was met.
 """
 
@@ -99,6 +99,20 @@ def record(report, backend, batch, dense: Timing, pruned: Timing, target=None, n
     return report
 
 
+def next_scale(scale: float, saved: float, predicted_ms: float, dense_ms: float) -> float:
+    """Measured milliseconds per millisecond the table predicts, after a pass that saved ``saved`` of the dense latency.
+
+    The estimate only grows: the next pass takes steps as if a predicted millisecond saved at least as much as it
+    ever did. On the real YOLOv8s the measured saving per predicted millisecond went 0.39 (the first guess), 0.27,
+    then 0.46: following it down to 0.27 made the third pass cut 70% of the MACs where 0.625 was the goal. A
+    shortfall is made up by the next pass; an overshoot cannot be undone. A pass measured as saving nothing or
+    less (timing noise, or widths the backend runs slowly) leaves it as it was.
+    """
+    if predicted_ms <= 0 or saved <= 0:
+        return scale
+    return min(max(scale, saved * dense_ms / predicted_ms, 0.25), 50.0)
+
+
 def open_bench(model, backend: str, imgsz: int, batch: int) -> tuple[Bench | None, str]:
     """A :class:`Bench` of ``model`` as it is now, or None and why (the backend is not installed or supported)."""
     try:
@@ -149,8 +163,7 @@ def prune_to_latency(model, target: float, prune_pass, backend: str, batch: int,
         expected = ratio - goal.predicted_ms * scale / dense.median  # the ratio this pass was predicted to reach
         dense, pruned = bench.compare(det)
         measured = ratio - pruned.median / dense.median  # fraction of the dense latency this pass saved
-        if goal.predicted_ms > 0 and measured > 0:
-            scale = min(max(measured * dense.median / goal.predicted_ms, 0.25), 50.0)
+        scale = next_scale(scale, measured, goal.predicted_ms, dense.median)
         ratio = pruned.median / dense.median
         if verbose:
             LOGGER.info(
