@@ -132,3 +132,24 @@ def test_the_parts_of_a_calibration_source_are_its_batches_dealt_out(tiny_data):
         parts = [list(calibration_batches(source, **kw, part=(i, 2))) for i in range(2)]
         assert [len(p) for p in parts] == [2, 1]
         assert all(torch.equal(a, b) for a, b in zip(whole, [parts[0][0], parts[1][0], parts[0][1]]))
+
+
+def test_shared_passes_with_fewer_batches_than_passes_deal_them_out_in_turn(monkeypatch):
+    import torch
+
+    parts, sensitivity = [], []
+    calibrate, curves = pruner.calibrate, pruner.sensitivity_curves
+    monkeypatch.setattr(pruner, "calibrate", lambda *a, **kw: parts.append(kw["part"]) or calibrate(*a, **kw))
+
+    def spy_curves(det, sets, widths, calib, estimate, images, verbose):
+        sensitivity.extend(torch.cat(images)[:, 0, 0, 0].tolist())
+        return curves(det, sets, widths, calib, estimate, images, verbose)
+
+    monkeypatch.setattr(pruner, "sensitivity_curves", spy_curves)
+    values = torch.arange(8.0).view(2, 4) / 10  # batch b, image i: all pixels (4 b + i) / 10
+    batches = tuple(values[b].view(4, 1, 1, 1).expand(4, 3, 64, 64).contiguous() for b in range(2))
+    kw = dict(macs=0.4, passes=4, source=batches, imgsz=64, batches=2, round_to=1, share=True, verbose=False)
+    yolo_nexp.prune(YOLO("yolov8n.yaml"), **kw)
+    assert parts == [(0, 2), (1, 2), (0, 2), (1, 2)]
+    # pass k estimates on the k-th quarter of the batch it reads: other images in every pass
+    assert sensitivity == pytest.approx([0.0, 0.5, 0.2, 0.7])

@@ -55,18 +55,18 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
-def _sensitivity_images(calib, part: tuple[int, int]) -> list:
-    """The images the sensitivity is estimated on: the first :data:`SENSITIVITY_BATCHES` kept batches, or for a
-    pass that shares them (``part = (index, count)``) its ``index``-th of ``count`` slices of the first one."""
-    if part[1] == 1:
+def _sensitivity_images(calib, shared: tuple[int, int] | None) -> list:
+    """The images the sensitivity is estimated on: the first :data:`SENSITIVITY_BATCHES` kept batches, or for pass
+    ``k`` of ``n`` that share them (``shared = (k - 1, n)``) the ``k``-th of ``n`` slices of the first one."""
+    if shared is None:
         return calib.images[:SENSITIVITY_BATCHES]
-    first = calib.images[0]
-    n = -(-len(first) // part[1])
-    return [first[part[0] * n : (part[0] + 1) * n] if part[0] * n < len(first) else first[:n]]
+    (index, count), first = shared, calib.images[0]
+    n = -(-len(first) // count)
+    return [first[index * n : (index + 1) * n] if index * n < len(first) else first[:n]]
 
 
 def _plan(
-    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, part=(0, 1)
+    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, shared=None
 ) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
     under the chosen allocation, and the seconds the sensitivity estimate took."""
@@ -78,7 +78,7 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        curves = sensitivity_curves(det, sets, widths, calib, estimate, _sensitivity_images(calib, part), verbose)
+        curves = sensitivity_curves(det, sets, widths, calib, estimate, _sensitivity_images(calib, shared), verbose)
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -96,10 +96,7 @@ def _plan(
 
 def _removed(reports: list[PruneReport], key: str) -> float:
     """Fraction of the MACs (``key`` ``macs``) or channels (``ratio``) that the passes so far removed."""
-    if not reports:
-        return 0.0
-    chained = PruneReport.chain(reports)
-    return chained.macs_reduction if key == "macs" else chained.ratio
+    return getattr(PruneReport.chain(reports), "macs_reduction" if key == "macs" else "ratio") if reports else 0.0
 
 
 def _floored(channels: dict[str, list[int]], round_to: int) -> list[str]:
@@ -216,8 +213,8 @@ def prune(
         step = 1.0 - (1.0 - total * k / passes) / (1.0 - _removed(reports, key))
         if step > 0 or not reports:
             target = {"ratio": None, "macs": None, key: max(step, 0.0)}
-            part = ((k - 1) % min(passes, batches), min(passes, batches)) if share else (0, 1)
-            reports.append(_prune_once(model, **target, origin=origin, part=part, **args))
+            shared = (k - 1, passes) if share else None
+            reports.append(_prune_once(model, **target, origin=origin, shared=shared, **args))
     report = PruneReport.chain(reports, macs_target=macs)
     report.floored = _floored(report.channels, round_to)
     return report
@@ -225,11 +222,11 @@ def prune(
 
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
-    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, part=(0, 1),
+    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, shared=None,
 ) -> PruneReport:  # fmt: skip
     """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes,
-    ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``, and ``part``
-    is the pass's share of the calibration batches (``(index, count)``, see ``share``)."""
+    ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``, and ``shared``
+    is ``(k - 1, n)`` for pass ``k`` of ``n`` that share the calibration (``share``), else None."""
     det = detection_model(model)
     widths_before = conv_widths(det)
     macs_before, params_before = macs_and_params(det, imgsz)
@@ -246,6 +243,8 @@ def _prune_once(
             cross = repair == "lsq" or need == "cross" or (allocation == "sensitivity" and estimate == "lsq")
             flags = dict(firing=need == "firing", spread=need == "spread", inputs=inputs, cross=cross)
             flags["information"] = allocation == "information"  # map rank and entropy of every block's output
+            count = min(shared[1], batches) if shared else 1  # pass k reads every count-th batch from the k-th
+            part = (shared[0] % count, count) if shared else (0, 1)
             calib = calibrate(
                 det, source, batches, imgsz, batch, seed, **flags, keep_images=keep, verbose=verbose, part=part
             )
@@ -255,7 +254,7 @@ def _prune_once(
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency, part
+            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency, shared
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),
