@@ -46,6 +46,7 @@ QUICK = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), base=Basel
 ULTRALYTICS_DEFAULTS = ["optimizer=auto", "lr0=0.01", "warmup_epochs=3", "mosaic=1.0"]  # Ultralytics' own
 # The real model: a CPU budget of 3 epochs over the 128 fidelity-labelled training images at 640 px, batch 16.
 LR_SWEEP = (0.003, 0.01)  # learning rates beside the job's lr0=0.001 (SGD, no warm-up, no mosaic); 0.01 not run yet
+ADAMW_SWEEP = (0.0001, 0.0003)
 REAL = dict(cuts=(0.46,), criteria=(DEFAULT_CRITERION,), seeds=(0,), epochs=3, job_args=["rect=False"])
 
 
@@ -60,6 +61,9 @@ def real_methods(teacher: Path) -> dict:
         **{f"distill, lr0={lr}": ["distill=1", f"lr0={lr}"] for lr in LR_SWEEP},  # the job's SGD, other rates
         # Ultralytics accumulates gradients up to nbs=64 images: at batch 16 on 128 images, 2 steps an epoch
         "distill, nbs=16": ["distill=1", "nbs=16"],
+        # Adam's per-weight step sizes at fine-tuning rates (optimizer=auto's AdamW at 0.002 with warm-up and
+        # mosaic is what wrecked recovery; these run without either)
+        **{f"distill, AdamW lr0={lr}": ["distill=1", "optimizer=AdamW", f"lr0={lr}"] for lr in ADAMW_SWEEP},
     }
 
 

@@ -115,4 +115,16 @@ def test_distillation_loss_adds_kd_to_the_task_loss():
     plain, _ = model.init_criterion()(preds, batch)
     loss, items = DistillationLoss(model.init_criterion(), teacher, 2.0, True, model.model[-1].reg_max)(preds, batch)
     assert "kd" in items and items["kd"] > 0
-    assert float(loss) == pytest.approx(float(plain.sum() + 2.0 * items["kd"] * 2), rel=1e-4)  # kd item is per image
+    assert loss.shape == (len(plain) + 1,)  # the task's terms, then the KD: Ultralytics' distillation appends to it
+    assert float(loss.sum()) == pytest.approx(float(plain.sum() + 2.0 * items["kd"] * 2), rel=1e-4)  # kd per image
+
+
+def test_both_distillations_train_together_and_the_report_names_them(tiny_data, tmp_path):
+    """Ours (logits, distill=) on the student inside Ultralytics' feature distillation (distill_model=)."""
+    teacher = tmp_path / "dense.pt"
+    YOLO("yolov8n.yaml").save(teacher)
+    run, report = _prune(tiny_data, tmp_path, "both", "ratio=0.3", "epochs=1", "distill=1", f"distill_model={teacher}")
+    assert report["recovery"]["method"] == "distillation (logits) + Ultralytics' feature distillation (distill_model)"
+    columns = (run / "results.csv").read_text().splitlines()[0]
+    assert "train/kd" in columns and "train/dis_loss" in columns  # both terms were trained on
+    assert n_params(YOLO(run / "weights" / "best.pt")) == report["stages"]["pruned"]["params"]  # the student only

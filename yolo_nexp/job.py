@@ -206,7 +206,8 @@ def _job(plugin: dict, overrides: dict, command: str, cuts) -> dict:
         final = gradual.reports[-1].params_after if gradual and gradual.reports else stages["pruned"]["params"]
         if stages["finetuned"]["params"] != final:
             raise RuntimeError("fine-tuning changed the architecture: best.pt does not hold the pruned model.")
-        recovery = {**recovery_report(save_dir, plugin, labels, stages, gradual), "best": kept}
+        features = bool(overrides.get("distill_model"))
+        recovery = {**recovery_report(save_dir, plugin, labels, stages, gradual, features), "best": kept}
     seconds_train = time.perf_counter() - t_train
 
     result = {

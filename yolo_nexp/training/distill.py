@@ -112,14 +112,16 @@ class DistillationLoss:
         )
 
     def __call__(self, preds, batch: dict):
-        """Task loss (unless ``labels`` is False) plus the weighted KD, with ``kd`` among the loss items."""
+        """Task loss terms (zeroed if ``labels`` is False) and the weighted KD after them, with ``kd`` among the items."""
         loss, items = self.criterion(preds, batch)
         if not self.labels:
             loss, items = loss * 0.0, {k: v * 0.0 for k, v in items.items()}
         with torch.no_grad():
             teacher = _raw(self.teacher(batch["img"].to(next(self.teacher.parameters()).dtype)))
         kd = kd_loss(_raw(preds), teacher, self.reg_max)
-        return loss.sum() + self.weight * kd, {**items, "kd": kd.detach() / max(len(batch["img"]), 1)}
+        # a vector like the task loss's: the trainer sums it, Ultralytics' DistillationModel appends its own term
+        total = torch.cat([loss.reshape(-1), (self.weight * kd).reshape(1)])
+        return total, {**items, "kd": kd.detach() / max(len(batch["img"]), 1)}
 
 
 def install(trainer) -> bool:
@@ -128,6 +130,8 @@ def install(trainer) -> bool:
     if not path.is_file():
         return False
     model = unwrap_model(trainer.model)
+    # with Ultralytics' own distillation (distill_model=) the trainer's model wraps the student, whose loss it calls
+    model = getattr(model, "student_model", model)
     if isinstance(getattr(model, "criterion", None), DistillationLoss):
         return True  # installed already (by the trainer and by a callback)
     teacher, weight, labels = load_teacher(path)

@@ -27,8 +27,8 @@ from yolo_nexp.training.trainers import trainer_for
 from yolo_nexp.utils import atomic_write
 
 
-def method_name(distill: float, steps: int, labels: bool) -> str:
-    """How the model recovers, in words, for reports."""
+def method_name(distill: float, steps: int, labels: bool, features: bool = False) -> str:
+    """How the model recovers, in words, for reports; ``features``: Ultralytics' ``distill_model=`` also runs."""
     how = (
         "fine-tuning"
         if distill <= 0
@@ -36,6 +36,8 @@ def method_name(distill: float, steps: int, labels: bool) -> str:
         if labels
         else "distillation from the teacher alone (no labels)"
     )
+    if features:  # Ultralytics' neck-feature distillation, beside or instead of our logit distillation
+        how = ("" if distill <= 0 else f"{how} (logits) + ") + "Ultralytics' feature distillation (distill_model)"
     return how + (f", pruned gradually in {steps} steps" if steps > 1 else "")
 
 
@@ -72,10 +74,10 @@ def first_step(kwargs: dict, steps: int) -> dict:
     return {**kwargs, key: step_fraction(DEFAULT_RATIO if kwargs.get(key) is None else kwargs[key], 1, steps)}
 
 
-def recovery_report(save_dir: Path, plugin: dict, labels: bool, stages: dict, gradual=None) -> dict:
+def recovery_report(save_dir: Path, plugin: dict, labels: bool, stages: dict, gradual=None, features=False) -> dict:
     """What recovered the model and how (per epoch), for report.json; also draws ``recovery.png``."""
     curve = recovery_curve(save_dir)
-    method = method_name(plugin["distill"], plugin["steps"], labels)
+    method = method_name(plugin["distill"], plugin["steps"], labels, features)
     steps = [r.to_dict() for r in gradual.reports] if gradual else []
     if curve:
         title = f"recovery: {method}"
