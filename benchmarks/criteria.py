@@ -165,6 +165,14 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             (f"nexp_lsq / lsq / passes 4 / lsq estimate{label}", {**lsq_default, **extra})
             for label, extra in (("", {}), (" / shared calibration", {"share": True}))
         ],
+        "reconstruct": [  # the defaults, then every conv refit to the dense model's outputs after the passes
+            (f"nexp_lsq / lsq / passes {k} / lsq estimate{label}", {**lsq_default, "passes": k, **extra})
+            for k, label, extra in (
+                (4, "", {}),
+                (4, " / reconstruct", {"reconstruct": True}),
+                (1, " / reconstruct", {"reconstruct": True}),
+            )
+        ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
             for b in (2, 4, 8)

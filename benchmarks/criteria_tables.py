@@ -136,6 +136,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "rivals": "Rival criteria and allocations (lsq repair)",
         "lsq estimates": "The lsq repair in the criterion and in the sensitivity estimate",
         "share": "Passes sharing the calibration images or each reading them all",
+        "reconstruct": "Reconstruction: every conv refit to the dense model's outputs after pruning",
     }
     for name, title in titles.items():
         if name in tables:

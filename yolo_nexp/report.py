@@ -46,6 +46,8 @@ class PruneReport:
         repair (str): How removed channels were repaired (``mean``: folded into consumers, ``none``).
         allocation (str): How channels were allocated across layers (``uniform``, ``global``, ``sensitivity``).
         bn_recal (bool): Whether BatchNorm statistics were re-estimated on the calibration images.
+        reconstruct (bool): Whether every conv was refit to the dense model's outputs after pruning.
+        seconds_reconstruction (float): Wall time of that refit (0 without it).
         passes (int): Prunes it took, each recalibrated on the model the previous one left.
         latency_target (float | None): Latency ratio asked for (``latency=``).
         backend (str | None): Backend the latencies were measured on (None: not measured).
@@ -74,6 +76,8 @@ class PruneReport:
     repair: str = "none"
     allocation: str = "uniform"
     bn_recal: bool = False
+    reconstruct: bool = False
+    seconds_reconstruction: float = 0.0
     passes: int = 1
     latency_target: float | None = None
     backend: str | None = None
@@ -129,6 +133,7 @@ class PruneReport:
             f"(-{self.macs_reduction:.1%}), params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M "
             f"(-{self.params_reduction:.1%}) at imgsz={self.imgsz}; scoring {self.seconds_scoring:.1f}s, "
             f"sensitivity {self.seconds_sensitivity:.1f}s, surgery {self.seconds_surgery:.1f}s"
+            + (f", reconstruction {self.seconds_reconstruction:.1f}s" if self.reconstruct else "")
             + (f" ({self.passes} passes)" if self.passes > 1 else "")
             + (f"; {self.latency_line()}" if self.latency_ms or self.latency_note else "")
         )

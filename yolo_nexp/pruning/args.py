@@ -27,6 +27,7 @@ PLUGIN_KEYS = (
     "passes",
     "estimate",
     "share",
+    "reconstruct",
     "latency",
     "backend",
     "latency_batch",
@@ -50,6 +51,7 @@ def check_prune_args(
     latency_batch: int = 1,
     estimate: str = DEFAULT_ESTIMATE,
     share: bool = DEFAULT_SHARE,
+    reconstruct: bool = False,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -91,6 +93,8 @@ def check_prune_args(
         raise ValueError(f"passes must be a whole number from 1 to 20 (1 prunes in one go); got {passes!r}.")
     if not isinstance(share, bool):
         raise ValueError(f"share must be True or False; got {share!r}.")
+    if not isinstance(reconstruct, bool):
+        raise ValueError(f"reconstruct must be True or False; got {reconstruct!r}.")
     if estimate not in ESTIMATES:
         raise ValueError(
             f"estimate: unknown '{estimate}', choose one of {', '.join(ESTIMATES)} (the repair it simulates)."

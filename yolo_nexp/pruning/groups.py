@@ -143,16 +143,30 @@ class MacsModel:
         return 1.0 - self.macs(removed) / self.dense
 
 
-def remove_channels(graph: tp.DependencyGraph, groups: list[PrunableGroup], kept: list[int], before_prune=None) -> None:
+def remove_channels(
+    graph: tp.DependencyGraph, groups: list[PrunableGroup], kept: list[int], before_prune=None
+) -> dict[nn.Conv2d, torch.Tensor]:
     """Remove the least important ``size - kept`` channels of every group; ``before_prune(group)`` runs first.
 
     Each group's root channels are only touched by that group, so indices planned on the dense model stay
     valid while the groups are removed one after another; Torch-Pruning maps them onto the current consumers.
+
+    Returns:
+        (dict[nn.Conv2d, torch.Tensor]): For every conv that lost output channels, the indices it kept (sorted,
+            in its indexing before the removal).
     """
+    kept_out = {}
     for g, k in zip(groups, kept):
         if k >= g.size:
             continue
         group = graph.get_pruning_group(g.module, g.handler, g.order[: g.size - k].tolist())
+        for item in group:
+            conv = item.dep.target.module
+            if item.dep.handler in OUT_HANDLERS and isinstance(conv, nn.Conv2d):
+                keep = torch.ones(conv.out_channels, dtype=torch.bool)
+                keep[torch.as_tensor(item.idxs, dtype=torch.long)] = False
+                kept_out[conv] = keep.nonzero().flatten()
         if before_prune is not None:
             before_prune(group)
         group.prune()
+    return kept_out

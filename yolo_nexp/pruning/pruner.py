@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from itertools import islice
@@ -26,10 +27,12 @@ from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunab
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
 from yolo_nexp.pruning.lsq_sensitivity import DEFAULT_ESTIMATE, sensitivity_curves
+from yolo_nexp.pruning.reconstruct import reconstruct as refit_to_dense
 from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import NEEDS, build_importance, kept_batches
+from yolo_nexp.scoring.sources import calibration_batches
 
 SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is estimated on (one forward, two backward passes)
 
@@ -127,6 +130,7 @@ def prune(
     latency_batch: int = 1,
     estimate: str = DEFAULT_ESTIMATE,
     share: bool = DEFAULT_SHARE,
+    reconstruct: bool = False,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -170,6 +174,8 @@ def prune(
         share (bool): With ``passes > 1``, the passes share the calibration: pass ``k`` reads every ``passes``-th
             batch from the ``k``-th on and estimates the sensitivity on its slice of the first one, so the passes
             together cost about what one pass costs; False: every pass reads all ``batches`` (slower).
+        reconstruct (bool): After the passes, refit every conv module after module so that its outputs on the
+            calibration images match the dense model's (:mod:`yolo_nexp.pruning.reconstruct`).
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -183,16 +189,35 @@ def prune(
     """
     check_prune_args(
         ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
-        latency, backend, latency_batch, estimate, share,
+        latency, backend, latency_batch, estimate, share, reconstruct,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
-    if isinstance(source, Iterator) and passes > 1:  # a generator would be spent by the first pass
+    if isinstance(source, Iterator) and (passes > 1 or reconstruct):  # a generator would be spent by the first pass
         source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
     args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
     args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
     args.update(estimate=estimate)
     origin: dict[str, int] = {}  # every group's dense width, by its root conv's name: floors stay the dense model's
+    dense = copy.deepcopy(detection_model(model)) if reconstruct else None
+    if reconstruct:  # the passes record the dense indices of the output channels each conv keeps
+        args.update(dense_kept={})
+    report = _prune_passes(model, ratio, macs, latency, passes, share, origin, backend, latency_batch, args)
+    if reconstruct:
+        t0 = time.perf_counter()
+        images = list(calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed))
+        det = detection_model(model)
+        with c2f_split(det), c2f_split(dense):
+            refit_to_dense(det, dense, args["dense_kept"], images, verbose=verbose)
+        report.reconstruct, report.seconds_reconstruction = True, time.perf_counter() - t0
+        if verbose:
+            LOGGER.info(f"yolo-nexp: reconstruction {report.seconds_reconstruction:.1f}s")
+    return report
+
+
+def _prune_passes(model, ratio, macs, latency, passes, share, origin, backend, latency_batch, args) -> PruneReport:
+    """The passes of :func:`prune` towards a ratio, a MACs or a latency target; ``args`` go to each pass."""
+    round_to, imgsz, verbose = args["round_to"], args["imgsz"], args["verbose"]
     if latency is not None:
         from yolo_nexp.latency.target import prune_to_latency
 
@@ -222,7 +247,7 @@ def prune(
 
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
-    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, shared=None,
+    bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, shared=None, dense_kept=None,
 ) -> PruneReport:  # fmt: skip
     """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes,
     ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``, and ``shared``
@@ -261,7 +286,12 @@ def _prune_once(
             "lsq": lambda: LeastSquaresFolder(det, calib.cross),
         }
         folder = folders[repair]() if repair in folders else None
-        remove_channels(graph, groups, kept, before_prune=folder)
+        names = {m: n for n, m in det.named_modules()}
+        kept_out = remove_channels(graph, groups, kept, before_prune=folder)
+        if dense_kept is not None:  # compose with the earlier passes' choices: dense indices, by conv name
+            for conv, index in kept_out.items():
+                before = dense_kept.get(names[conv])
+                dense_kept[names[conv]] = index if before is None else before[index]
     if bn_recal:
         reestimate_batchnorm(det, calib.images)
     seconds_surgery = time.perf_counter() - t1 - seconds_sensitivity
