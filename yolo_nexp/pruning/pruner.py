@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Iterator
 from itertools import islice
@@ -27,6 +28,7 @@ from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunab
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
 from yolo_nexp.pruning.lsq_sensitivity import DEFAULT_ESTIMATE, sensitivity_curves
+from yolo_nexp.pruning.passes import floored_layers, prune_passes
 from yolo_nexp.pruning.reconstruct import reconstruct as refit_to_dense
 from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
 from yolo_nexp.report import PruneReport, macs_and_params
@@ -95,16 +97,6 @@ def _plan(
     else:
         n = alloc.steps_for_ratio(sets, widths, order, ratio, allocation)
     return (*alloc.expand(sets, alloc.widths_after(widths, order, n)), time.perf_counter() - t0)
-
-
-def _removed(reports: list[PruneReport], key: str) -> float:
-    """Fraction of the MACs (``key`` ``macs``) or channels (``ratio``) that the passes so far removed."""
-    return getattr(PruneReport.chain(reports), "macs_reduction" if key == "macs" else "ratio") if reports else 0.0
-
-
-def _floored(channels: dict[str, list[int]], round_to: int) -> list[str]:
-    """Layers cut down to the narrowest width they may keep."""
-    return [n for n, (b, a) in channels.items() if a < b and a == alloc.allowed_widths(b, round_to)[-1]]
 
 
 def prune(
@@ -202,7 +194,8 @@ def prune(
     dense = copy.deepcopy(detection_model(model)) if reconstruct else None
     if reconstruct:  # the passes record the dense indices of the output channels each conv keeps
         args.update(dense_kept={})
-    report = _prune_passes(model, ratio, macs, latency, passes, share, origin, backend, latency_batch, args)
+    one_pass = functools.partial(_prune_once, model, origin=origin, **args)
+    report = prune_passes(model, ratio, macs, latency, passes, share, backend, latency_batch, one_pass, args)
     if reconstruct:
         t0 = time.perf_counter()
         images = list(calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed))
@@ -212,36 +205,6 @@ def prune(
         report.reconstruct, report.seconds_reconstruction = True, time.perf_counter() - t0
         if verbose:
             LOGGER.info(f"yolo-nexp: reconstruction {report.seconds_reconstruction:.1f}s")
-    return report
-
-
-def _prune_passes(model, ratio, macs, latency, passes, share, origin, backend, latency_batch, args) -> PruneReport:
-    """The passes of :func:`prune` towards a ratio, a MACs or a latency target; ``args`` go to each pass."""
-    round_to, imgsz, verbose = args["round_to"], args["imgsz"], args["verbose"]
-    if latency is not None:
-        from yolo_nexp.latency.target import prune_to_latency
-
-        def one_pass(goal):
-            return _prune_once(model, ratio=None, macs=None, origin=origin, latency=goal, **args)
-
-        lat = dict(backend=backend, batch=latency_batch, imgsz=imgsz, passes=passes, round_to=round_to, verbose=verbose)
-        report = prune_to_latency(model, latency, one_pass, **lat)
-        report.floored = _floored(report.channels, round_to)
-        return report
-    if passes == 1:
-        return _prune_once(model, ratio=ratio, macs=macs, origin=origin, **args)
-    ((key, total),) = ({"macs": macs} if macs is not None else {"ratio": ratio}).items()
-    reports = []
-    for k in range(1, passes + 1):
-        # Each pass aims at its share of the target from what the passes before it actually removed, so
-        # rounding that left a pass short is made up by the next instead of adding up.
-        step = 1.0 - (1.0 - total * k / passes) / (1.0 - _removed(reports, key))
-        if step > 0 or not reports:
-            target = {"ratio": None, "macs": None, key: max(step, 0.0)}
-            shared = (k - 1, passes) if share else None
-            reports.append(_prune_once(model, **target, origin=origin, shared=shared, **args))
-    report = PruneReport.chain(reports, macs_target=macs)
-    report.floored = _floored(report.channels, round_to)
     return report
 
 
@@ -310,7 +273,7 @@ def _prune_once(
         params_before=params_before,
         params_after=params_after,
         channels=channels,
-        floored=_floored(channels, round_to),
+        floored=floored_layers(channels, round_to),
         global_pruning=allocation == "global",
         macs_target=macs,
         seconds_scoring=t1 - t0,
