@@ -155,6 +155,9 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
                 {"criterion": "taylor", "repair": "lsq", "allocation": "sensitivity", "passes": 4},
             )
         ],
+        "rivals lsq": [  # the library's defaults against the closest rival with the same repair, estimate and passes
+            (f"{c} / lsq / passes 4 / lsq estimate", {**lsq_default, "criterion": c}) for c in ("nexp_lsq", "taylor")
+        ],
         "lsq estimates": [  # what the lsq repair leaves, in the sensitivity estimate and in the criterion
             (f"{c} / lsq / passes {k} / {e} estimate", {**default, "criterion": c, "passes": k, "estimate": e})
             for k in (1, 4)

@@ -137,6 +137,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "lsq estimates": "The lsq repair in the criterion and in the sensitivity estimate",
         "share": "Passes sharing the calibration images or each reading them all",
         "reconstruct": "Reconstruction: every conv refit to the dense model's outputs after pruning",
+        "rivals lsq": "The default against Taylor with the same repair, estimate and four passes",
     }
     for name, title in titles.items():
         if name in tables:
