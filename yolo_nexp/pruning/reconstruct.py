@@ -177,7 +177,7 @@ def _set_intercept(p, b, kept, bn_p, bn_d) -> None:
 
 
 @torch.no_grad()
-def reconstruct(pruned: nn.Module, dense: nn.Module, kept: dict[str, torch.Tensor], images, verbose=True) -> int:
+def reconstruct(pruned: nn.Module, dense: nn.Module, kept: dict[str, torch.Tensor], images, verbose=True) -> None:
     """Refit the convs of ``pruned`` so that, module after module, they reproduce ``dense``'s outputs.
 
     Args:
@@ -187,9 +187,6 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, kept: dict[str, torch.Tenso
             indices of the channels it kept (convs not named kept all of theirs).
         images (list[torch.Tensor]): Calibration batches (B, 3, H, W) in [0, 1].
         verbose (bool): Show a progress bar over the modules.
-
-    Returns:
-        (int): How many convs were refit.
     """
     names_p = {m: n for n, m in pruned.named_modules()}
     dense_by_name = dict(dense.named_modules())
@@ -198,23 +195,20 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, kept: dict[str, torch.Tenso
     batches = [c.to(param.device, param.dtype) for b in images for c in chunks(b)]
     xs_p, xs_d = list(batches), list(batches)
     saved_p, saved_d = [[] for _ in batches], [[] for _ in batches]
-    refit = 0
     with mode(pruned), mode(dense):
         modules = list(zip(pruned.model, dense.model))
         for i, (mp, md) in enumerate(TQDM(modules, desc="reconstruction", disable=not verbose)):
             inputs_p = [_route(mp, x, s) for x, s in zip(xs_p, saved_p)]
             inputs_d = [_route(md, x, s) for x, s in zip(xs_d, saved_d)]
-            fits = []
+            fits, kept_all = [], {}
             for name, p in _fittable(mp, names_p):
-                d = dense_by_name.get(name)
-                index = kept.get(name, torch.arange(p.out_channels))
+                d, index = dense_by_name.get(name), kept.get(name, torch.arange(p.out_channels))
                 if isinstance(d, nn.Conv2d) and len(index) == p.out_channels and d.kernel_size == p.kernel_size:
                     fits.append((name, p, d))
-            kept_all = {name: kept.get(name, torch.arange(p.out_channels)) for name, p, _ in fits}
+                    kept_all[name] = index
             xs_d, targets = _dense_pass(md, fits, kept_all, inputs_d)
             for _ in range(ROUNDS if fits else 0):
                 _refit_module(mp, fits, targets, inputs_p, bn_p, bn_d, kept_all)
-            refit += len(fits)
             if i == len(modules) - 1:
                 break  # the head's outputs are not needed
             xs_p = [mp(x) for x in inputs_p]
@@ -222,4 +216,3 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, kept: dict[str, torch.Tenso
                 s.append(x if mp.i in pruned.save else None)
             for s, x in zip(saved_d, xs_d):
                 s.append(x if md.i in dense.save else None)
-    return refit
