@@ -1,7 +1,7 @@
 """What the real-model fidelity set asks of a model: the labels' confidence and size, and which head level finds them.
 
 The fidelity labels are the dense model's own detections at conf 0.25 on COCO128 (``benchmarks/real_model.py``).
-This script prints, for the dense model and any pruned checkpoints given:
+This script prints, for the dense model and the default prune at each ``--macs`` cut:
 
 - the dense model's confidence on the detections that became labels (percentiles), and the labels' sizes;
 - mAP50-95 with the classes, and class-agnostic (``single_cls=True``: a Normal/Fall swap is no longer a miss);
@@ -47,11 +47,10 @@ def label_profile(real: RealModel) -> tuple[np.ndarray, np.ndarray]:
     return np.array(conf), np.array(sizes)
 
 
-def level_off(model, level: int | None):
+def level_off(model, level: int):
     """``model`` with Detect level ``level``'s class logits pushed down by 30 (that level detects nothing)."""
-    if level is not None:
-        with torch.no_grad():
-            model.model.model[-1].cv3[level][-1].bias -= 30.0
+    with torch.no_grad():
+        model.model.model[-1].cv3[level][-1].bias -= 30.0
     return model
 
 

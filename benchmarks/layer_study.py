@@ -7,8 +7,11 @@ folds them), and the fidelity mAP50-95 is measured. Beside it: the MACs the cut 
 calibration) predicts for that cut. The allocation orders cuts by estimated distortion per MAC saved, so the
 table shows, layer by layer, whether that order follows what the cuts cost in mAP, and where it does not.
 
+With ``--errors`` the same one-set prunes are also compared with the dense model on the calibration images, by
+several output errors (``output_errors``), each ranked against the mAP drop.
+
 Usage:
-    python benchmarks/layer_study.py --out benchmarks/results/layer_study-real.md
+    python benchmarks/layer_study.py --errors --out benchmarks/results/layer_study-real.md
 """
 
 from __future__ import annotations
@@ -76,23 +79,14 @@ def prune_one(real: RealModel, data: str, plan: OneSetPlan, target: str | None):
     return model, report
 
 
-def run_one(real: RealModel, data: str, plan: OneSetPlan, target: str) -> dict:
-    t = time.perf_counter()
-    model, report = prune_one(real, data, plan, target)
-    seconds = time.perf_counter() - t
-    return {"cut": report.macs_reduction, "map": validate(model, data, real.imgsz)["map"], "seconds": seconds}
-
-
 def decoded_outputs(model, images) -> list:
-    """The decoded head output (B, 4 + nc, anchors) of an eval forward, per calibration batch."""
+    """The decoded head output (B, 4 + nc, anchors) of a ``YOLO``'s eval forward, per calibration batch."""
     import torch
 
     from yolo_nexp.pruning.sensitivity import _decoded
 
-    det = model.model if hasattr(model, "predictor") else model
     with torch.inference_mode():
-        det.eval()
-        return [_decoded(det(x)) for x in images]
+        return [_decoded(model.model.eval()(x)) for x in images]
 
 
 def output_errors(outs: list, refs: list, nc: int) -> dict:
@@ -105,6 +99,7 @@ def output_errors(outs: list, refs: list, nc: int) -> dict:
     - ``iou``: the dense confidence times (1 - IoU) between the dense and the pruned box of each anchor.
     """
     import torch
+    from ultralytics.utils.metrics import bbox_iou
 
     from yolo_nexp.pruning.sensitivity import distortion
 
@@ -118,31 +113,24 @@ def output_errors(outs: list, refs: list, nc: int) -> dict:
         sums["box"] += float((conf * (out[:, :4] - ref[:, :4]).pow(2).sum(1) / size).mean())
         logit = lambda p: torch.logit(p.clamp(1e-6, 1 - 1e-6))  # noqa: E731
         sums["logit"] += float((conf * (logit(p_out) - logit(p_ref)).pow(2).sum(1)).mean())
-
-        def corners(b):
-            return b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
-
-        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = corners(out[:, :4]), corners(ref[:, :4])
-        inter = (torch.min(ax1, bx1) - torch.max(ax0, bx0)).clamp(min=0) * (
-            torch.min(ay1, by1) - torch.max(ay0, by0)
-        ).clamp(min=0)
-        union = out[:, 2] * out[:, 3] + ref[:, 2] * ref[:, 3] - inter
-        sums["iou"] += float((conf * (1 - inter / union.clamp(min=1e-9))).mean())
+        iou = bbox_iou(out[:, :4].transpose(1, 2), ref[:, :4].transpose(1, 2), xywh=True).squeeze(-1)
+        sums["iou"] += float((conf * (1 - iou)).mean())
     return {k: v / len(outs) for k, v in sums.items()}
 
 
-def measure_errors(real: RealModel, data: str, plan: OneSetPlan, keys: list[str], store: ResultStore) -> None:
-    """For every set: the output errors of the one-set prune against the dense model, on all calibration images."""
-    from ultralytics import YOLO
-
-    from yolo_nexp.scoring.sources import calibration_batches
-
-    images = list(calibration_batches(data, imgsz=real.imgsz, seed=0, **CALIBRATION))
-    refs = decoded_outputs(YOLO(str(real.weights())), images)
-    for key in keys:
-        if key not in store:
-            model, _ = prune_one(real, data, plan, key)
-            store.add(key, output_errors(decoded_outputs(model, images), refs, model.model.model[-1].nc))
+def measure(real: RealModel, data: str, plan: OneSetPlan, key: str, store: ResultStore, errors, reference) -> None:
+    """Prune set ``key`` alone once and fill what the stores lack: its mAP50-95 (``store``) and, with ``reference``
+    (calibration images and the dense outputs on them), its output errors (``errors``)."""
+    t = time.perf_counter()
+    model, report = prune_one(real, data, plan, key)
+    seconds = time.perf_counter() - t
+    if key not in store:
+        store.add(
+            key, {"cut": report.macs_reduction, "map": validate(model, data, real.imgsz)["map"], "seconds": seconds}
+        )
+    if reference is not None and key not in errors:
+        images, refs = reference
+        errors.add(key, output_errors(decoded_outputs(model, images), refs, model.model.model[-1].nc))
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -159,24 +147,29 @@ def main():
     ap.add_argument("--errors", action="store_true", help="also measure the output errors of every one-set prune")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    from ultralytics import YOLO
+
     import yolo_nexp.pruning.pruner as pruner
+    from yolo_nexp.scoring.sources import calibration_batches
 
     real = RealModel()
     data = real.data()
-    dense = validate(__import__("ultralytics").YOLO(str(real.weights())), data, real.imgsz)["map"]
+    dense = validate(YOLO(str(real.weights())), data, real.imgsz)["map"]
     plan = OneSetPlan(args.fraction)
     pruner._plan = plan  # the pruner calls its module-level _plan: every run cuts one set only
     prune_one(real, data, plan, None)  # enumerates the sets and records the estimate on the dense model
     store = ResultStore(args.out.with_suffix(".json") if args.out else None)
     errors = ResultStore(args.out.with_name(args.out.stem + "-errors.json") if args.out else None)
-    if args.errors:
-        measure_errors(real, data, plan, list(plan.curves), errors)
+    reference = None
+    if args.errors:  # the dense outputs on all calibration images, once
+        images = list(calibration_batches(data, imgsz=real.imgsz, seed=0, **CALIBRATION))
+        reference = (images, decoded_outputs(YOLO(str(real.weights())), images))
     rows = []
     for key in plan.curves:
-        if key not in store and args.render:
-            continue
+        if not args.render and (key not in store or (args.errors and key not in errors)):
+            measure(real, data, plan, key, store, errors, reference)
         if key not in store:
-            store.add(key, run_one(real, data, plan, key))
+            continue
         r = store[key]
         est = plan.estimate(key)
         rows.append((key, plan.widths[key][0], plan.width(key), r["cut"], est, r["map"]))
