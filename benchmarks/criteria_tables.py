@@ -136,6 +136,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "rivals": "Rival criteria and allocations (lsq repair)",
         "lsq estimates": "The lsq repair in the criterion and in the sensitivity estimate",
         "share": "Passes sharing the calibration images or each reading them all",
+        "candidates": "Candidates: the best of several prunes by their fidelity on other calibration images",
         "reconstruct": "Reconstruction: every conv refit to the dense model's outputs after pruning",
         "rivals lsq": "The default against Taylor with the same repair, estimate and four passes",
     }

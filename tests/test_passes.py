@@ -96,13 +96,13 @@ def test_shared_passes_split_the_calibration_batches_and_the_sensitivity_images(
 def test_shared_passes_with_fewer_batches_than_passes_take_distinct_slices(monkeypatch):
     import torch
 
-    from yolo_nexp.pruning.pruner import _sensitivity_images
+    from yolo_nexp.pruning.passes import sensitivity_images
     from yolo_nexp.scoring.calibration import Calibration
 
     calib = Calibration(images=[torch.arange(6.0).view(6, 1, 1, 1)])
-    slices = [_sensitivity_images(calib, (k, 4)) for k in range(4)]
+    slices = [sensitivity_images(calib, (k, 4)) for k in range(4)]
     assert [x[0].flatten().tolist() for x in slices] == [[0, 1], [2, 3], [4, 5], [0, 1]]
-    assert _sensitivity_images(calib, (0, 1))[0].shape[0] == 6
+    assert sensitivity_images(calib, (0, 1))[0].shape[0] == 6
 
 
 @pytest.mark.parametrize("share", [1, "yes", None])

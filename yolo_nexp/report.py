@@ -56,6 +56,9 @@ class PruneReport:
             p25, p75, min, max, runs) of the exported model, the two timed in interleaved rounds.
         latency_met (bool | None): Whether the measured ratio is at most ``latency_target`` (None: no target).
         latency_note (str): Why latency was not measured, or that the target was not met.
+        candidates (list[float]): With ``candidates > 1``: each candidate prune's fidelity to the dense model's
+            detections (mAP50-95 against them, :mod:`yolo_nexp.pruning.selection`); empty otherwise.
+        chosen (int | None): Index of the candidate kept (None: one prune, no choice).
     """
 
     criterion: str
@@ -85,6 +88,8 @@ class PruneReport:
     latency_ms: dict | None = None
     latency_met: bool | None = None
     latency_note: str = ""
+    candidates: list[float] = field(default_factory=list)
+    chosen: int | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -135,8 +140,14 @@ class PruneReport:
             f"sensitivity {self.seconds_sensitivity:.1f}s, surgery {self.seconds_surgery:.1f}s"
             + (f", reconstruction {self.seconds_reconstruction:.1f}s" if self.reconstruct else "")
             + (f" ({self.passes} passes)" if self.passes > 1 else "")
+            + (f"; {self.candidates_line()}" if self.candidates else "")
             + (f"; {self.latency_line()}" if self.latency_ms or self.latency_note else "")
         )
+
+    def candidates_line(self) -> str:
+        """Which candidate prune was kept, and each one's fidelity to the dense model's detections."""
+        scores = ", ".join(f"{s:.3f}" for s in self.candidates)
+        return f"kept candidate {self.chosen + 1} of {len(self.candidates)} (fidelity {scores}; seconds summed)"
 
     def latency_line(self) -> str:
         """Dense and pruned latency (median, p25-p75) on the backend and the speed-up beside the MACs cut, or the note."""

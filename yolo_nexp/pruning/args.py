@@ -28,6 +28,7 @@ PLUGIN_KEYS = (
     "estimate",
     "share",
     "reconstruct",
+    "candidates",
     "latency",
     "backend",
     "latency_batch",
@@ -52,6 +53,7 @@ def check_prune_args(
     estimate: str = DEFAULT_ESTIMATE,
     share: bool = DEFAULT_SHARE,
     reconstruct: bool = False,
+    candidates: int = 1,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -95,6 +97,10 @@ def check_prune_args(
         raise ValueError(f"share must be True or False; got {share!r}.")
     if not isinstance(reconstruct, bool):
         raise ValueError(f"reconstruct must be True or False; got {reconstruct!r}.")
+    if not (whole(candidates) and 1 <= candidates <= 16):
+        raise ValueError(
+            f"candidates must be a whole number from 1 to 16 (1: one prune, no choice); got {candidates!r}."
+        )
     if estimate not in ESTIMATES:
         raise ValueError(
             f"estimate: unknown '{estimate}', choose one of {', '.join(ESTIMATES)} (the repair it simulates)."

@@ -88,30 +88,41 @@ def estimate(model, sets, widths, cross, images, nc: int, projections: int = 2, 
     Returns:
         (list[dict[int, float]]): Per set, distortion at some widths (the same form as ``sensitivity.measure``).
     """
+    effects = set_effects(model, sets, widths, cross, images, nc, projections, seed, verbose)
+    return [{w: float(t.pow(2).mean()) for w, t in per_width.items()} for per_width in effects]
+
+
+def set_effects(model, sets, widths, cross, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per linked set and :func:`evaluation_widths` width, ``t`` of shape (samples,): the first-order output change
+    of cutting the set to that width, one value per image and projection (:func:`estimate` takes its mean square).
+
+    Arguments as :func:`estimate`'s.
+    """
     groups = [g for linked in sets for g in linked]
     reads = {conv: rs for conv, rs in consumer_reads(groups).items() if conv in cross and conv.groups == 1}
     prec = precisions({conv: cross[conv] for conv in reads})
     moments = consumer_moments(model, list(reads), cross, prec, images, nc, projections, seed, verbose)
+    samples = next(iter(moments.values())).shape[0] if moments else 1
     first = 0
-    curves = []
+    effects = []
     for linked, ws in zip(sets, widths):
         members = range(first, first + len(linked))
         first += len(linked)
         mine = {conv: [r for r in rs if r[0] in members] for conv, rs in reads.items() if conv in moments}
         mine = {conv: rs for conv, rs in mine.items() if rs}
-        curve = {}
+        per_width = {}
         for w in evaluation_widths(ws):
             gone = {i: set(g.order[: g.size - w].tolist()) for i, g in zip(members, linked)}
-            t = 0.0
+            t = torch.zeros(samples, dtype=torch.float64)
             for conv, rs in mine.items():
                 idx = torch.tensor(sorted({ch for i, ch, root in rs if root in gone[i]}), dtype=torch.long)
                 if len(idx):
                     d = moments[conv][:, idx][:, :, idx]  # (samples, r, r)
                     inv = torch.linalg.inv(prec[conv][idx][:, idx])  # tr(inv @ d) = sum(inv * d^T): r^2 a sample
                     t = t - (inv * d.transpose(1, 2)).sum((1, 2))
-            curve[w] = float(torch.as_tensor(t).pow(2).mean())
-        curves.append(curve)
-    return curves
+            per_width[w] = t
+        effects.append(per_width)
+    return effects
 
 
 def lsq_substitute(cross: dict):

@@ -59,3 +59,13 @@ def prune_passes(
         report = PruneReport.chain(reports, macs_target=macs)
     report.floored = floored_layers(report.channels, round_to)
     return report
+
+
+def sensitivity_images(calib, shared: tuple[int, int] | None, batches: int = 1) -> list:
+    """The images a pass estimates the sensitivity on: the first ``batches`` kept calibration batches, or for pass
+    ``k`` of ``n`` that share them (``shared = (k - 1, n)``) the ``k``-th of ``n`` slices of the first one."""
+    if shared is None:
+        return calib.images[:batches]
+    (index, count), first = shared, calib.images[0]
+    n = -(-len(first) // count)
+    return [first[index * n : (index + 1) * n] if index * n < len(first) else first[:n]]

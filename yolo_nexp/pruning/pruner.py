@@ -28,9 +28,10 @@ from yolo_nexp.pruning.groups import MacsModel, build_graph, linked_sets, prunab
 from yolo_nexp.pruning.information import conv_concentration, information_order, set_concentration
 from yolo_nexp.pruning.lsq_repair import LeastSquaresFolder
 from yolo_nexp.pruning.lsq_sensitivity import DEFAULT_ESTIMATE, sensitivity_curves
-from yolo_nexp.pruning.passes import floored_layers, prune_passes
+from yolo_nexp.pruning.passes import floored_layers, prune_passes, sensitivity_images
 from yolo_nexp.pruning.reconstruct import reconstruct as refit_to_dense
 from yolo_nexp.pruning.repair import MeanFolder, reestimate_batchnorm
+from yolo_nexp.pruning.selection import SELECTION_SEED, prune_candidates
 from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import NEEDS, build_importance, kept_batches
@@ -60,16 +61,6 @@ def _rank(groups, importance) -> list:
     return ranked
 
 
-def _sensitivity_images(calib, shared: tuple[int, int] | None) -> list:
-    """The images the sensitivity is estimated on: the first :data:`SENSITIVITY_BATCHES` kept batches, or for pass
-    ``k`` of ``n`` that share them (``shared = (k - 1, n)``) the ``k``-th of ``n`` slices of the first one."""
-    if shared is None:
-        return calib.images[:SENSITIVITY_BATCHES]
-    (index, count), first = shared, calib.images[0]
-    n = -(-len(first) // count)
-    return [first[index * n : (index + 1) * n] if index * n < len(first) else first[:n]]
-
-
 def _plan(
     det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, shared=None
 ) -> tuple[list, list[int], float]:
@@ -83,7 +74,9 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        curves = sensitivity_curves(det, sets, widths, calib, estimate, _sensitivity_images(calib, shared), verbose)
+        curves = sensitivity_curves(
+            det, sets, widths, calib, estimate, sensitivity_images(calib, shared, SENSITIVITY_BATCHES), verbose
+        )
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -123,6 +116,7 @@ def prune(
     estimate: str = DEFAULT_ESTIMATE,
     share: bool = DEFAULT_SHARE,
     reconstruct: bool = False,
+    candidates: int = 1,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -168,6 +162,9 @@ def prune(
             together cost about what one pass costs; False: every pass reads all ``batches`` (slower).
         reconstruct (bool): After the passes, refit every conv module after module so that its outputs on the
             calibration images match the dense model's (:mod:`yolo_nexp.pruning.reconstruct`).
+        candidates (int): Prune this many copies (seeds ``seed``, ``seed + 1``, ...) and keep the one whose detections
+            on another draw of ``source`` stay closest to the dense model's (:mod:`yolo_nexp.pruning.selection`);
+            costs ``candidates`` prunes. Needs images the dense model detects something on.
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -181,12 +178,24 @@ def prune(
     """
     check_prune_args(
         ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
-        latency, backend, latency_batch, estimate, share, reconstruct,
+        latency, backend, latency_batch, estimate, share, reconstruct, candidates,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
-    if isinstance(source, Iterator) and (passes > 1 or reconstruct):  # a generator would be spent by the first pass
+    if isinstance(source, Iterator) and (passes > 1 or reconstruct or candidates > 1):  # spent by a first reading
         source = tuple(islice(source, batches))  # a tuple is replayed as batches (a list means image files)
+    if candidates > 1:
+        given = dict(locals())  # every argument as checked and completed above; the candidates differ by seed
+        same = {k: v for k, v in given.items() if k not in ("model", "seed", "candidates", "global_pruning")}
+        det = detection_model(model)
+        images = list(
+            calibration_batches(source, batches=batches, imgsz=imgsz, batch=batch, seed=seed + SELECTION_SEED)
+        )
+        one = lambda m, s: prune(m, **{**same, "seed": s, "verbose": False})  # noqa: E731
+        report, scores, chosen = prune_candidates(det, candidates, one, images, seed, verbose)
+        report.candidates, report.chosen = scores, chosen
+        _sync_checkpoint(model, det)
+        return report
     args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
     args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
     args.update(estimate=estimate)
