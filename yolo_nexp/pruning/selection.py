@@ -5,7 +5,8 @@ estimate's random projections (README: at -25% MACs the same settings kept 0.45-
 which prune is better shows on images it was not calibrated on: the pruned model's detections are compared with
 the dense model's, as the real-model benchmark's fidelity does, on a separate draw of the calibration source.
 ``self_fidelity`` is that comparison: mAP50-95 of the model's detections (validation's conf 0.001, NMS IoU 0.7)
-against the dense model's at conf 0.25, matched and averaged by Ultralytics' own validator code.
+against the dense model's at conf 0.25, matched and averaged by Ultralytics' own validator code. Boxes are compared
+axis-aligned (an OBB model's angle is ignored) and mask or keypoint outputs are not compared.
 """
 
 from __future__ import annotations
