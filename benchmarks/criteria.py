@@ -168,12 +168,13 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             (f"nexp_lsq / lsq / passes 4 / lsq estimate{label}", {**lsq_default, **extra})
             for label, extra in (("", {}), (" / shared calibration", {"share": True}))
         ],
-        "candidates": [  # one pass, the best of 4 one-pass prunes (about the time of 4 passes), and 4 passes
+        "candidates": [  # one pass, the best of 4 one-pass prunes (about the time of 4 passes), 4 passes, best of 2 of them
             (f"nexp_lsq / lsq / passes {k} / lsq estimate{label}", {**lsq_default, "passes": k, **extra})
             for k, label, extra in (
                 (1, "", {}),
                 (1, " / best of 4 candidates", {"candidates": 4}),
                 (4, "", {}),
+                (4, " / best of 2 candidates", {"candidates": 2}),
             )
         ],
         "reconstruct": [  # the defaults, then every conv refit to the dense model's outputs after the passes
