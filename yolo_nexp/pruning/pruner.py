@@ -164,7 +164,8 @@ def prune(
             calibration images match the dense model's (:mod:`yolo_nexp.pruning.reconstruct`).
         candidates (int): Prune this many copies (seeds ``seed``, ``seed + 1``, ...) and keep the one whose detections
             on another draw of ``source`` stay closest to the dense model's (:mod:`yolo_nexp.pruning.selection`);
-            costs ``candidates`` prunes. Needs images the dense model detects something on.
+            costs ``candidates`` prunes. Needs images the dense model detects something on (a source of fixed
+            batches, such as tensors, is compared on those same batches).
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
