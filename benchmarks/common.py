@@ -137,3 +137,23 @@ class ResultStore(dict):
             self.path.write_text(json.dumps(self, indent=1))
         print(key, result, flush=True)
         return result
+
+
+def run_variants(store: ResultStore, variants: list[str], cuts: list[float], seeds: list[int], run) -> None:
+    """``run(cut, seed, variant)`` for every combination ``store`` lacks, kept under ``"variant | cut | seed"``."""
+    for variant in variants:
+        for cut in cuts:
+            for seed in seeds:
+                key = f"{variant} | {cut} | {seed}"
+                if key not in store:
+                    store.add(key, run(cut, seed, variant))
+
+
+def variant_table(store: ResultStore, variants: list[str], cuts: list[float], seeds: list[int], cell) -> list[str]:
+    """Markdown table of :func:`run_variants`' results: a row per variant, a column per cut, ``cell(result)`` per
+    seed, comma-separated."""
+    lines = ["| variant | " + " | ".join(f"-{c:.0%} MACs" for c in cuts) + " |", "|---|" + "---|" * len(cuts)]
+    for variant in variants:
+        cells = [", ".join(cell(store[f"{variant} | {cut} | {s}"]) for s in seeds) for cut in cuts]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines

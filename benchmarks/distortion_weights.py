@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ResultStore, command_line, publish  # noqa: E402
+from benchmarks.common import ResultStore, command_line, publish, run_variants, variant_table  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
 
 
@@ -64,12 +64,7 @@ def main():
     real = RealModel()
     data = real.data()
     store = ResultStore(args.out.with_suffix(".json") if args.out else None)
-    for variant in args.variants:
-        for cut in args.cuts:
-            for seed in args.seeds:
-                key = f"{variant} | {cut} | {seed}"
-                if key not in store:
-                    store.add(key, run(real, data, cut, seed, variant))
+    run_variants(store, args.variants, args.cuts, args.seeds, lambda c, s, v: run(real, data, c, s, v))
     lines = [
         "# The sensitivity estimate without its class term, one-shot on the real model",
         "",
@@ -80,15 +75,8 @@ def main():
         "training images at 640 px. 'box only': the estimate's class-probability weights set to zero. mAP50-95 per "
         "seed (seconds per prune).",
         "",
-        "| variant | " + " | ".join(f"-{c:.0%} MACs" for c in args.cuts) + " |",
-        "|---|" + "---|" * len(args.cuts),
+        *variant_table(store, args.variants, args.cuts, args.seeds, lambda r: f"{r['map']:.3f} ({r['seconds']:.0f} s)"),
     ]
-    for variant in args.variants:
-        cells = []
-        for cut in args.cuts:
-            rs = [store[f"{variant} | {cut} | {s}"] for s in args.seeds]
-            cells.append(", ".join(f"{r['map']:.3f} ({r['seconds']:.0f} s)" for r in rs))
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     publish("\n".join(lines) + "\n", args.out)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ResultStore, command_line, publish  # noqa: E402
+from benchmarks.common import ResultStore, command_line, publish, run_variants, variant_table  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
 from yolo_nexp.pruning import allocation as alloc  # noqa: E402
 from yolo_nexp.pruning import lsq_sensitivity  # noqa: E402
@@ -162,12 +162,7 @@ def main():
     real = RealModel()
     data = real.data()
     store = ResultStore(args.out.with_suffix(".json") if args.out else None)
-    for variant in args.variants:
-        for cut in args.cuts:
-            for seed in args.seeds:
-                key = f"{variant} | {cut} | {seed}"
-                if key not in store:
-                    store.add(key, run(real, data, cut, seed, variant))
+    run_variants(store, args.variants, args.cuts, args.seeds, lambda c, s, v: run(real, data, c, s, v))
     lines = [
         "# A sensitivity allocation that sees the cuts together, one-shot on the real model",
         "",
@@ -178,15 +173,14 @@ def main():
         "training images at 640 px. 'joint': each greedy step charged what it adds to the accumulated first-order "
         "output change (see the script). mAP50-95 per seed (mAP50, seconds per prune).",
         "",
-        "| variant | " + " | ".join(f"-{c:.0%} MACs" for c in args.cuts) + " |",
-        "|---|" + "---|" * len(args.cuts),
+        *variant_table(
+            store,
+            args.variants,
+            args.cuts,
+            args.seeds,
+            lambda r: f"{r['map']:.3f} ({r['map50']:.3f}, {r['seconds']:.0f} s)",
+        ),
     ]
-    for variant in args.variants:
-        cells = []
-        for cut in args.cuts:
-            rs = [store[f"{variant} | {cut} | {s}"] for s in args.seeds]
-            cells.append(", ".join(f"{r['map']:.3f} ({r['map50']:.3f}, {r['seconds']:.0f} s)" for r in rs))
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     if args.cross_terms:
         if "cross terms" not in store:
             store.add("cross terms", cross_terms(real, data, [0.10, *args.cuts]))

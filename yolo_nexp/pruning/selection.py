@@ -31,13 +31,12 @@ IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP50-95, as DetectionValidato
 @torch.no_grad()
 def detections(det: nn.Module, images: list[torch.Tensor], conf: float) -> list[torch.Tensor]:
     """Per image, the model's detections ``(n, 6)``: xyxy, confidence, class (NMS never cut short)."""
-    out = []
+    out, nc = [], det.model[-1].nc
     with mode(det):
         for batch in images:
             for chunk in chunks(batch):
                 pred = det(chunk)
                 pred = pred[0] if isinstance(pred, (tuple, list)) else pred
-                nc = det.model[-1].nc
                 out += nms.non_max_suppression(pred, conf, VAL_IOU, nc=nc, max_det=300, max_time_img=float("inf"))
     return out
 
