@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -34,6 +35,7 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, command_line, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
+from yolo_nexp.pruning import pruner  # noqa: E402
 
 # The tables were measured with nexp_use and the mean sensitivity estimate, the defaults until the "lsq estimates"
 # table made nexp_lsq with the lsq estimate the default: rows keep what they measured.
@@ -45,6 +47,17 @@ QUICK = dict(cuts=(0.25,), recover=0.25, ft_epochs=1, seeds=(0,), epochs=5, n_tr
 REAL = dict(cuts=(0.10, 0.25, 0.46), recover=None, ft_epochs=0, seeds=(0,))
 CALIBRATION = dict(batches=4, batch=16)  # 64 training images; the sensitivity uses the first 16
 REAL_CALIBRATION = dict(batches=4, batch=8)  # 32 images at 640 px; the sensitivity uses the first 8
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value):
+    """``module.name`` set to ``value`` for the duration of the block."""
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
 
 
 class Bench:
@@ -65,11 +78,15 @@ class Bench:
         key = json.dumps([setting, cut, seed, recover], sort_keys=True)
         if key not in self.results:
             model = YOLO(str(self.weights))
+            args = dict(setting)
+            # benchmark-side patch: calibration batches the sensitivity estimate reads (the library's is 1)
+            sensitivity = args.pop("sensitivity_batches", pruner.SENSITIVITY_BATCHES)
             t0 = time.perf_counter()
-            report = yolo_nexp.prune(
-                model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                **{"passes": 1, "estimate": "mean", **self.calibration, **setting},  # unless the row says otherwise
-            )  # fmt: skip
+            with patched(pruner, "SENSITIVITY_BATCHES", sensitivity):
+                report = yolo_nexp.prune(
+                    model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
+                    **{"passes": 1, "estimate": "mean", **self.calibration, **args},  # unless the row says otherwise
+                )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
             result["floored"] = len(report.floored)  # layers cut to their narrowest allowed width
@@ -156,7 +173,8 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
             )
         ],
         "rivals lsq": [  # the library's defaults against the closest rival with the same repair, estimate and passes
-            (f"{c} / lsq / passes 4 / lsq estimate", {**lsq_default, "criterion": c}) for c in ("nexp_lsq", "taylor")
+            (f"{c} / lsq / passes 4 / lsq estimate", {**lsq_default, "criterion": c})
+            for c in ("nexp_lsq", "taylor", "hessian")  # hessian: the one-pass rival ahead at -25% (seed 0)
         ],
         "lsq estimates": [  # what the lsq repair leaves, in the sensitivity estimate and in the criterion
             (f"{c} / lsq / passes {k} / {e} estimate", {**default, "criterion": c, "passes": k, "estimate": e})
@@ -185,6 +203,10 @@ def settings() -> dict[str, list[tuple[str, dict]]]:
                 (1, " / reconstruct", {"reconstruct": True}),
             )
         ],
+        "sensitivity images": [  # the defaults, the sensitivity estimated on 1 (the library's) or all 4 batches
+            (f"nexp_lsq / lsq / passes 4 / lsq estimate{label}", {**lsq_default, **extra})
+            for label, extra in (("", {}), (" / sensitivity on 4 batches", {"sensitivity_batches": 4}))
+        ],
         "calibration": [  # images behind the scores, the sensitivity estimate and the lsq covariances
             (f"{DEFAULT_CRITERION} / lsq / {b} batches", {**default, **({"batches": b} if b != 4 else {})})
             for b in (2, 4, 8)
@@ -204,10 +226,12 @@ def main():
     )
     ap.add_argument("--rows", nargs="+", default=None, help="run only the rows with these exact labels")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1, real model 0)")
+    ap.add_argument("--cuts", nargs="+", type=float, default=None, help="MACs cuts (default: 0.10 0.25 0.46)")
     args = ap.parse_args()
     real = args.model == RealModel.model
     cfg = dict(REAL if real else QUICK if args.quick else FULL)
     cfg["seeds"] = tuple(args.seeds) if args.seeds else cfg["seeds"]
+    cfg["cuts"] = tuple(args.cuts) if args.cuts else cfg["cuts"]
     if real:
         base = RealModel()
     else:

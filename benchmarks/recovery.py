@@ -13,6 +13,8 @@ Usage:
     python benchmarks/recovery.py --model yolov8s --criteria nexp_use --seeds 0 \
         --out benchmarks/results/recovery-yolov8s.md                          # the second scale, a subset
     python benchmarks/recovery.py --model fall-yolov8s --out benchmarks/results/recovery-real.md   # real model
+    python benchmarks/recovery.py --model fall-yolov8s --epochs 10 --methods 'distill (default)' --seeds 0 \
+        --out benchmarks/results/recovery-real-10.md                          # a longer budget
 
 With ``--model fall-yolov8s`` the baseline is the real trained YOLOv8s of ``real_model.py`` (fidelity labels),
 and the job runs with its own recovery defaults (no ``warmup_epochs=0``), at 640 px on square inputs; the
@@ -204,6 +206,7 @@ def main():
     ap.add_argument("--criteria", nargs="+", default=None, help=f"criteria to run (default {FULL['criteria']})")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1)")
     ap.add_argument("--methods", nargs="+", default=None, help="run only these methods (labels of the table)")
+    ap.add_argument("--epochs", type=int, default=None, help="recovery epochs (real model: default 3, the budget)")
     args = ap.parse_args()
     real = args.model == RealModel.model
     cfg = dict(REAL if real else QUICK if args.quick else FULL)
@@ -216,6 +219,7 @@ def main():
         cfg["base"] = dataclasses.replace(cfg["base"], model=args.model) if args.model else cfg["base"]
         cfg["methods"] = METHODS
         cfg["epochs"] = max(2, cfg["base"].epochs // 10)  # 2 at least: gradual pruning needs one epoch per step
+    cfg["epochs"] = args.epochs or cfg["epochs"]
     cfg["criteria"] = tuple(args.criteria or cfg["criteria"])
     cfg["seeds"] = tuple(args.seeds if args.seeds is not None else cfg["seeds"])
     base, epochs = cfg["base"], cfg["epochs"]
