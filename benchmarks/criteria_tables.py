@@ -138,7 +138,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "share": "Passes sharing the calibration images or each reading them all",
         "candidates": "Candidates: the best of several prunes by their fidelity on other calibration images",
         "reconstruct": "Reconstruction: every conv refit to the dense model's outputs after pruning",
-        "rivals lsq": "The default against Taylor with the same repair, estimate and four passes",
+        "rivals lsq": "The default against Taylor and Hessian with the same repair, estimate and four passes",
     }
     for name, title in titles.items():
         if name in tables:
