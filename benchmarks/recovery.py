@@ -66,6 +66,9 @@ def real_methods(teacher: Path) -> dict:
         # Adam's per-weight step sizes at fine-tuning rates (optimizer=auto's AdamW at 0.002 with warm-up and
         # mosaic is what wrecked recovery; these run without either)
         **{f"distill, AdamW lr0={lr}": ["distill=1", "optimizer=AdamW", f"lr0={lr}"] for lr in ADAMW_SWEEP},
+        # more distinct views of the 128 images (4-image mosaics) at the job's SGD rate, without the rest of
+        # Ultralytics' defaults; close_mosaic=0 keeps it on to the last epoch
+        "distill, mosaic=1.0": ["distill=1", "mosaic=1.0", "close_mosaic=0"],
         # every conv refit to the dense model's outputs after pruning, before the recovery starts
         "distill, reconstruct=True": ["distill=1", "reconstruct=True"],
     }
