@@ -145,7 +145,7 @@ def test_projected_gradients_closed_early_leaves_no_hook_and_restores_grad_flags
     assert any(flags.values()) and not flags["model.0.conv.weight"]
 
 
-def test_lsq_consumer_moments_equal_the_whitened_sum_over_positions():
+def test_lsq_moment_chunks_equal_the_whitened_sum_over_positions():
     from torch import nn
 
     from yolo_nexp.pruning import lsq_sensitivity
@@ -156,7 +156,8 @@ def test_lsq_consumer_moments_equal_the_whitened_sum_over_positions():
         calib = calibrate(det, "noise", 2, 64, 2, 0, cross=True, keep_images=1, verbose=False)
         convs = [c for c in det.modules() if isinstance(c, nn.Conv2d) and c.groups == 1]
         prec = lsq_sensitivity.precisions({c: calib.cross[c] for c in convs})
-        got = lsq_sensitivity.consumer_moments(det, convs, calib.cross, prec, calib.images, 80, verbose=False)
+        chunks = list(lsq_sensitivity.moment_chunks(det, convs, calib.cross, prec, calib.images, 80, verbose=False))
+        got = {c: torch.cat([m[c] for m in chunks]) for c in chunks[0]}
         want = {c: [] for c in convs}  # D = sum over positions of (P e) u^T, whitening every position first
         for _, inputs, grads in projected_gradients(det, convs, calib.images, 80, verbose=False):
             for c, u in grads.items():

@@ -44,24 +44,25 @@ def precisions(cross: dict) -> dict[nn.Conv2d, torch.Tensor]:
     return out
 
 
-def consumer_moments(model, convs, cross, prec, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
-    """Per consumer conv, ``D`` of shape (samples, inputs, inputs): ``sum_positions (P e) u^T`` (see the module).
+def moment_chunks(model, convs, cross, prec, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
+    """Per chunk of images and projection, every consumer's ``D`` of shape (chunk, inputs, inputs):
+    ``sum_positions (P e) u^T`` (see the module).
 
     Computed as ``P (sum_positions e u^T)``: one (inputs x positions) product per sample and projection, where
-    whitening ``e`` first would cost another one per sample.
+    whitening ``e`` first would cost another one per sample. A generator, so that callers reduce each chunk as it
+    comes and memory does not grow with the number of images.
     """
-    moments = {conv: [] for conv in convs}
-    gradients = projected_gradients(model, convs, images, nc, projections, seed, "sensitivity (lsq)", verbose)
-    with closing(gradients):  # an error here removes the hooks at once
-        for k, inputs, grads in gradients:
+    with closing(projected_gradients(model, convs, images, nc, projections, seed, "sensitivity (lsq)", verbose)) as gen:
+        for k, inputs, grads in gen:  # closing: an error in the caller removes the hooks at once
             if k == 0:  # e per consumer does not depend on the projection: once per chunk
                 centred = {
                     conv: (x - cross[conv].mean.to(x).view(1, -1, 1, 1)).flatten(2) for conv, x in inputs.items()
                 }
+            moments = {}
             for conv, u in grads.items():
                 e_u = torch.bmm(centred[conv], u.flatten(2).transpose(1, 2))  # (B, inputs, inputs)
-                moments[conv].append(torch.einsum("gc,bci->bgi", prec[conv].to(e_u), e_u).double().cpu())
-    return {conv: torch.cat(d) for conv, d in moments.items() if d}
+                moments[conv] = torch.einsum("gc,bci->bgi", prec[conv].to(e_u), e_u).double().cpu()
+            yield moments
 
 
 def evaluation_widths(ws: list[int]) -> list[int]:
@@ -95,34 +96,47 @@ def estimate(model, sets, widths, cross, images, nc: int, projections: int = 2, 
 def set_effects(model, sets, widths, cross, images, nc: int, projections: int = 2, seed: int = 0, verbose=True):
     """Per linked set and :func:`evaluation_widths` width, ``t`` of shape (samples,): the first-order output change
     of cutting the set to that width, one value per image and projection (:func:`estimate` takes its mean square).
+    Each chunk's moments are reduced to ``t`` as they come: memory stays flat in the number of images.
 
     Arguments as :func:`estimate`'s.
     """
     groups = [g for linked in sets for g in linked]
     reads = {conv: rs for conv, rs in consumer_reads(groups).items() if conv in cross and conv.groups == 1}
     prec = precisions({conv: cross[conv] for conv in reads})
-    moments = consumer_moments(model, list(reads), cross, prec, images, nc, projections, seed, verbose)
-    samples = next(iter(moments.values())).shape[0] if moments else 1
-    first = 0
-    effects = []
+    terms = removal_terms(sets, widths, reads, prec)
+    parts = [{w: [] for w in per_width} for per_width in terms]
+    for moments in moment_chunks(model, list(reads), cross, prec, images, nc, projections, seed, verbose):
+        samples = len(next(iter(moments.values()))) if moments else 1
+        for per_width, out in zip(terms, parts):
+            for w, items in per_width.items():
+                t = torch.zeros(samples, dtype=torch.float64)
+                for conv, idx, inv in items:
+                    if conv in moments:  # tr(inv @ d) = sum(inv * d^T): r^2 a sample
+                        t = t - (inv * moments[conv][:, idx][:, :, idx].transpose(1, 2)).sum((1, 2))
+                out[w].append(t)
+    return [{w: torch.cat(ts) if ts else torch.zeros(1, dtype=torch.float64) for w, ts in o.items()} for o in parts]
+
+
+def removal_terms(sets, widths, reads, prec) -> list[dict[int, list]]:
+    """Per linked set and :func:`evaluation_widths` width, ``(consumer, removed inputs, inverse of P_RR)`` for every
+    consumer that loses inputs: what :func:`set_effects` needs of each chunk's moments."""
+    first, terms = 0, []
     for linked, ws in zip(sets, widths):
         members = range(first, first + len(linked))
         first += len(linked)
-        mine = {conv: [r for r in rs if r[0] in members] for conv, rs in reads.items() if conv in moments}
+        mine = {conv: [r for r in rs if r[0] in members] for conv, rs in reads.items()}
         mine = {conv: rs for conv, rs in mine.items() if rs}
         per_width = {}
         for w in evaluation_widths(ws):
             gone = {i: set(g.order[: g.size - w].tolist()) for i, g in zip(members, linked)}
-            t = torch.zeros(samples, dtype=torch.float64)
+            items = []
             for conv, rs in mine.items():
                 idx = torch.tensor(sorted({ch for i, ch, root in rs if root in gone[i]}), dtype=torch.long)
                 if len(idx):
-                    d = moments[conv][:, idx][:, :, idx]  # (samples, r, r)
-                    inv = torch.linalg.inv(prec[conv][idx][:, idx])  # tr(inv @ d) = sum(inv * d^T): r^2 a sample
-                    t = t - (inv * d.transpose(1, 2)).sum((1, 2))
-            per_width[w] = t
-        effects.append(per_width)
-    return effects
+                    items.append((conv, idx, torch.linalg.inv(prec[conv][idx][:, idx])))
+            per_width[w] = items
+        terms.append(per_width)
+    return terms
 
 
 def lsq_substitute(cross: dict):
