@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -35,7 +34,6 @@ import yolo_nexp  # noqa: E402
 from benchmarks.common import Baseline, ResultStore, command_line, publish  # noqa: E402
 from benchmarks.criteria_tables import plot, render  # noqa: E402
 from benchmarks.real_model import RealModel, validate  # noqa: E402
-from yolo_nexp.pruning import pruner  # noqa: E402
 
 # The tables were measured with nexp_use and the mean sensitivity estimate, the defaults until the "lsq estimates"
 # table made nexp_lsq with the lsq estimate the default: rows keep what they measured.
@@ -47,17 +45,6 @@ QUICK = dict(cuts=(0.25,), recover=0.25, ft_epochs=1, seeds=(0,), epochs=5, n_tr
 REAL = dict(cuts=(0.10, 0.25, 0.46), recover=None, ft_epochs=0, seeds=(0,))
 CALIBRATION = dict(batches=4, batch=16)  # 64 training images; the sensitivity uses the first 16
 REAL_CALIBRATION = dict(batches=4, batch=8)  # 32 images at 640 px; the sensitivity uses the first 8
-
-
-@contextlib.contextmanager
-def patched(module, name: str, value):
-    """``module.name`` set to ``value`` for the duration of the block."""
-    before = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, before)
 
 
 class Bench:
@@ -78,15 +65,11 @@ class Bench:
         key = json.dumps([setting, cut, seed, recover], sort_keys=True)
         if key not in self.results:
             model = YOLO(str(self.weights))
-            args = dict(setting)
-            # benchmark-side patch: calibration batches the sensitivity estimate reads (the library's is 1)
-            sensitivity = args.pop("sensitivity_batches", pruner.SENSITIVITY_BATCHES)
             t0 = time.perf_counter()
-            with patched(pruner, "SENSITIVITY_BATCHES", sensitivity):
-                report = yolo_nexp.prune(
-                    model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
-                    **{"passes": 1, "estimate": "mean", **self.calibration, **args},  # unless the row says otherwise
-                )  # fmt: skip
+            report = yolo_nexp.prune(
+                model, macs=cut, source=self.data, imgsz=self.base.imgsz, round_to=1, seed=seed, verbose=False,
+                **{"passes": 1, "estimate": "mean", **self.calibration, **setting},  # unless the row says otherwise
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
             result = {"cut": report.macs_reduction, "pruned": self.evaluate(model), "seconds": seconds}
             result["floored"] = len(report.floored)  # layers cut to their narrowest allowed width

@@ -134,11 +134,33 @@ def test_sensitivity_is_measured_on_sensitivity_batches(yolov8n, monkeypatch):
         seen.append(len(images))
         raise _Measured
 
-    monkeypatch.setattr(pruner, "SENSITIVITY_BATCHES", 2)
     monkeypatch.setattr(pruner, "sensitivity_curves", spy)
-    with pytest.raises(_Measured):
-        yolo_nexp.prune(yolov8n, ratio=0.5, allocation="sensitivity", imgsz=IMGSZ, batches=3, batch=2, verbose=False)
-    assert seen == [2]  # the calibration pass kept as many batches as the sensitivity is measured on
+    for n in (1, 2):
+        with pytest.raises(_Measured):
+            yolo_nexp.prune(
+                yolov8n, ratio=0.5, imgsz=IMGSZ, batches=3, batch=2, sensitivity_batches=n, passes=1, verbose=False
+            )
+    assert seen == [1, 2]  # the calibration pass kept as many batches as the sensitivity is measured on
+
+
+def test_sensitivity_batches_default_is_the_one_of_configs_default_yaml():
+    plugin, _ = load_defaults()
+    assert plugin["sensitivity_batches"] == pruner.DEFAULT_SENSITIVITY_BATCHES
+    assert inspect.signature(yolo_nexp.prune).parameters["sensitivity_batches"].default == plugin["sensitivity_batches"]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(sensitivity_batches=0), "sensitivity_batches must be a whole number from 1 to batches"),
+        (dict(sensitivity_batches=3, batches=2), "sensitivity_batches must be a whole number from 1 to batches"),
+        (dict(sensitivity_batches=1.0), "sensitivity_batches must be a whole number"),
+        (dict(sensitivity_batches=2, batches=2, passes=2, share=True), "give one or the other"),
+    ],
+)
+def test_sensitivity_batches_out_of_range_are_refused_before_any_work(kw, match):
+    with pytest.raises(ValueError, match=match):
+        yolo_nexp.prune(YOLO("yolov8n.yaml"), ratio=0.3, source="noise", imgsz=IMGSZ, verbose=False, **kw)
 
 
 @pytest.mark.parametrize(

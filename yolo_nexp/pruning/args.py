@@ -13,6 +13,8 @@ DEFAULT_RATIO = 0.5  # ratio when no ratio, macs or latency is given; configs/de
 # passes kept 23% of mAP50-95 at -46% MACs where one kept 6-9% (2 seeds), at about 2.5x the prune time.
 DEFAULT_PASSES = 4  # configs/default.yaml's ``passes`` (a test checks)
 DEFAULT_SHARE = False  # configs/default.yaml's ``share``: whether the passes share the calibration images
+# Calibration batches the sensitivity estimate reads (configs/default.yaml's ``sensitivity_batches``; a test checks).
+DEFAULT_SENSITIVITY_BATCHES = 1
 
 PLUGIN_KEYS = (
     "ratio",
@@ -29,6 +31,7 @@ PLUGIN_KEYS = (
     "share",
     "reconstruct",
     "candidates",
+    "sensitivity_batches",
     "latency",
     "backend",
     "latency_batch",
@@ -54,6 +57,7 @@ def check_prune_args(
     share: bool = DEFAULT_SHARE,
     reconstruct: bool = False,
     candidates: int = 1,
+    sensitivity_batches: int = DEFAULT_SENSITIVITY_BATCHES,
 ) -> None:
     """Validate pruning arguments before any work is done; every message names the argument and what to give.
 
@@ -100,6 +104,16 @@ def check_prune_args(
     if not (whole(candidates) and 1 <= candidates <= 16):
         raise ValueError(
             f"candidates must be a whole number from 1 to 16 (1: one prune, no choice); got {candidates!r}."
+        )
+    if not (whole(sensitivity_batches) and 1 <= sensitivity_batches <= (batches if whole(batches) else 1)):
+        raise ValueError(
+            f"sensitivity_batches must be a whole number from 1 to batches ({batches!r}): the estimate reads the first "
+            f"calibration batches; got {sensitivity_batches!r}."
+        )
+    if share and passes > 1 and sensitivity_batches > 1:
+        raise ValueError(
+            "sensitivity_batches > 1 with share=True: the shared passes split the first batch between them for the "
+            "estimate; give one or the other."
         )
     if estimate not in ESTIMATES:
         raise ValueError(

@@ -19,6 +19,7 @@ from yolo_nexp.pruning.args import (  # noqa: F401  (re-exported: the API's defa
     DEFAULT_CRITERION,
     DEFAULT_PASSES,
     DEFAULT_RATIO,
+    DEFAULT_SENSITIVITY_BATCHES,
     DEFAULT_SHARE,
     PLUGIN_KEYS,
     check_prune_args,
@@ -36,8 +37,6 @@ from yolo_nexp.report import PruneReport, macs_and_params
 from yolo_nexp.scoring.calibration import calibrate
 from yolo_nexp.scoring.criteria import NEEDS, build_importance, kept_batches
 from yolo_nexp.scoring.sources import calibration_batches
-
-SENSITIVITY_BATCHES = 1  # calibration batches the sensitivity is estimated on (one forward, two backward passes)
 
 
 def _sync_checkpoint(model, det: nn.Module) -> None:
@@ -62,10 +61,10 @@ def _rank(groups, importance) -> list:
 
 
 def _plan(
-    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, shared=None
+    det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency=None, images=()
 ) -> tuple[list, list[int], float]:
     """Groups and the width each keeps, for a ratio, a MACs target or a latency goal (:mod:`yolo_nexp.latency`)
-    under the chosen allocation, and the seconds the sensitivity estimate took."""
+    under the chosen allocation (``images``: what the sensitivity estimate reads), and the seconds the estimate took."""
     sets = linked_sets(groups, det)
     names = {m: n for n, m in det.named_modules()}
     keys = [names[s[0].module] for s in sets]  # the sets' names in the latency table
@@ -74,9 +73,7 @@ def _plan(
     macs_model = MacsModel(det)
     t0 = time.perf_counter()
     if allocation == "sensitivity":
-        curves = sensitivity_curves(
-            det, sets, widths, calib, estimate, sensitivity_images(calib, shared, SENSITIVITY_BATCHES), verbose
-        )
+        curves = sensitivity_curves(det, sets, widths, calib, estimate, images, verbose)
         saved = latency.saved(keys) if latency is not None else None  # distortion per ms instead of per MAC
         order = alloc.sensitivity_order(sets, widths, curves, macs_model, saved=saved)
     elif allocation == "information":
@@ -117,6 +114,7 @@ def prune(
     share: bool = DEFAULT_SHARE,
     reconstruct: bool = False,
     candidates: int = 1,
+    sensitivity_batches: int = DEFAULT_SENSITIVITY_BATCHES,
 ) -> PruneReport:
     """Prune a detection model in place by removing whole channel groups.
 
@@ -166,6 +164,9 @@ def prune(
             on another draw of ``source`` stay closest to the dense model's (:mod:`yolo_nexp.pruning.selection`);
             costs ``candidates`` prunes. Needs images the dense model detects something on (a source of fixed
             batches, such as tensors, is compared on those same batches).
+        sensitivity_batches (int): Calibration batches the ``sensitivity`` allocation's estimate reads (the first
+            ones, 1 to ``batches``): more images, a steadier allocation, a longer estimate (one forward and two
+            backward passes per image); memory does not grow with them.
 
     Returns:
         (PruneReport): Channels per layer, MACs and params before and after, and timings.
@@ -179,7 +180,7 @@ def prune(
     """
     check_prune_args(
         ratio, macs, criterion, alpha, round_to, batches, repair, allocation, bn_recal, global_pruning, passes,
-        latency, backend, latency_batch, estimate, share, reconstruct, candidates,
+        latency, backend, latency_batch, estimate, share, reconstruct, candidates, sensitivity_batches,
     )  # fmt: skip
     allocation = "global" if global_pruning else allocation
     ratio = DEFAULT_RATIO if ratio is None and macs is None and latency is None else ratio
@@ -199,7 +200,7 @@ def prune(
         return report
     args = dict(criterion=criterion, source=source, batches=batches, imgsz=imgsz, batch=batch, round_to=round_to)
     args.update(alpha=alpha, seed=seed, verbose=verbose, repair=repair, allocation=allocation, bn_recal=bn_recal)
-    args.update(estimate=estimate)
+    args.update(estimate=estimate, sensitivity_batches=sensitivity_batches)
     origin: dict[str, int] = {}  # every group's dense width, by its root conv's name: floors stay the dense model's
     dense = copy.deepcopy(detection_model(model)) if reconstruct else None
     if reconstruct:  # the passes record the dense indices of the output channels each conv keeps
@@ -221,6 +222,7 @@ def prune(
 def _prune_once(
     model, ratio, macs, criterion, source, batches, imgsz, batch, round_to, alpha, seed, verbose, repair, allocation,
     bn_recal, origin, latency=None, estimate=DEFAULT_ESTIMATE, shared=None, dense_kept=None,
+    sensitivity_batches=DEFAULT_SENSITIVITY_BATCHES,
 ) -> PruneReport:  # fmt: skip
     """One pass of :func:`prune` (arguments checked there); ``origin`` keeps the dense widths across passes,
     ``latency`` (a :class:`~yolo_nexp.latency.target.LatencyGoal`) replaces ``ratio`` and ``macs``, and ``shared``
@@ -234,7 +236,7 @@ def _prune_once(
         need = NEEDS.get(criterion)
         calib = None
         if need or repair != "none" or allocation in ("sensitivity", "information") or bn_recal:
-            keep = max(batches if bn_recal else 0, SENSITIVITY_BATCHES if allocation == "sensitivity" else 0)
+            keep = max(batches if bn_recal else 0, sensitivity_batches if allocation == "sensitivity" else 0)
             keep = max(keep, kept_batches(criterion, batches))  # the batches the criterion reads again
             mean_estimate = allocation == "sensitivity" and estimate == "mean"
             inputs = need == "inputs" or repair == "mean" or mean_estimate  # the input means (cross has its own)
@@ -251,8 +253,9 @@ def _prune_once(
             torch.manual_seed(seed)  # the random criterion, reproducibly
             groups = _rank(prunable_groups(graph, det), build_importance(criterion, det, calib, alpha, seed=seed))
         t1 = time.perf_counter()
+        images = sensitivity_images(calib, shared, sensitivity_batches) if allocation == "sensitivity" else []
         groups, kept, seconds_sensitivity = _plan(
-            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency, shared
+            det, groups, calib, ratio, macs, allocation, round_to, estimate, verbose, origin, latency, images
         )
         folders = {
             "mean": lambda: MeanFolder(det, calib.input_means()),
