@@ -139,6 +139,7 @@ def render(tables: dict, dense: float, cfg: dict, intro: str, command: str, quic
         "candidates": "Candidates: the best of several prunes by their fidelity on other calibration images",
         "reconstruct": "Reconstruction: every conv refit to the dense model's outputs after pruning",
         "rivals lsq": "The default against Taylor and Hessian with the same repair, estimate and four passes",
+        "sensitivity images": "Sensitivity estimated on the first calibration batch (default) or on all four",
     }
     for name, title in titles.items():
         if name in tables:

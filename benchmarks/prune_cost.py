@@ -29,7 +29,7 @@ from benchmarks.common import command_line, publish  # noqa: E402
 BATCH = 16
 
 
-def measure(scale: str, images: int, imgsz: int, macs: float, passes: int, share: bool) -> dict:
+def measure(scale: str, images: int, imgsz: int, macs: float, passes: int, share: bool, sensitivity: int = 1) -> dict:
     """Seconds of plain forward passes and of each part of the prune step, for one scale."""
     from ultralytics import YOLO
 
@@ -53,6 +53,7 @@ def measure(scale: str, images: int, imgsz: int, macs: float, passes: int, share
     before = forward()
     t = time.perf_counter()
     kw = dict(source="noise", batches=batches, imgsz=imgsz, batch=BATCH, passes=passes, share=share, verbose=False)
+    kw["sensitivity_batches"] = sensitivity
     report = yolo_nexp.prune(yolo, macs=macs, **kw)
     total = time.perf_counter() - t
     after = forward()  # the same passes again: a machine whose load changed shows it as a spread
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("--macs", type=float, default=0.25)
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 4], help="passes to time (default 1 and 4)")
     ap.add_argument("--no-share", action="store_true", help="leave out the shared-calibration rows")
+    ap.add_argument("--sensitivity-batches", type=int, default=1, help="batches the sensitivity reads (default 1)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -85,16 +87,19 @@ def main():
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
         f"torch {torch.__version__}. {args.images} noise images at {args.imgsz} px in batches of {BATCH}; "
-        f"`yolo_nexp.prune(macs={args.macs}, passes=..., share=...)`, otherwise the defaults (sensitivity on the first "
-        "batch; with `share=True` each pass reads its share of the batches, and its slice of one for the sensitivity).",
+        f"`yolo_nexp.prune(macs={args.macs}, passes=..., share=..., "
+        f"sensitivity_batches={args.sensitivity_batches})`, otherwise the defaults (sensitivity on the first "
+        f"{args.sensitivity_batches} batch(es); with `share=True` each pass reads its share of the batches, and its slice of one for the sensitivity).",
         "",
         "| model | passes | share | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) "
         "| whole / forward | MACs cut |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    runs = [(k, False) for k in args.passes] + ([] if args.no_share else [(k, True) for k in args.passes if k > 1])
+    runs = [(k, False) for k in args.passes]
+    if not args.no_share and args.sensitivity_batches == 1:  # share=True estimates on a slice of one batch
+        runs += [(k, True) for k in args.passes if k > 1]
     for scale, (passes, share) in ((s, run) for s in args.scales for run in runs):
-        r = measure(scale, args.images, args.imgsz, args.macs, passes, share)
+        r = measure(scale, args.images, args.imgsz, args.macs, passes, share, args.sensitivity_batches)
         lines.append(
             f"| yolov8{scale} | {passes} | {'yes' if share else 'no'} | {r['forward']:.1f} ± {r['spread']:.1f} "
             f"| {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
