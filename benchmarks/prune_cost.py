@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--macs", type=float, default=0.25)
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 4], help="passes to time (default 1 and 4)")
     ap.add_argument("--no-share", action="store_true", help="leave out the shared-calibration rows")
-    ap.add_argument("--sensitivity-batches", type=int, default=1, help="batches the sensitivity reads (default 1)")
+    ap.add_argument("--sensitivity-batches", type=int, nargs="+", default=[1], help="batches the sensitivity reads")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -88,20 +88,19 @@ def main():
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
         f"torch {torch.__version__}. {args.images} noise images at {args.imgsz} px in batches of {BATCH}; "
         f"`yolo_nexp.prune(macs={args.macs}, passes=..., share=..., "
-        f"sensitivity_batches={args.sensitivity_batches})`, otherwise the defaults (sensitivity on the first "
-        f"{args.sensitivity_batches} batch(es); with `share=True` each pass reads its share of the batches, and its slice of one for the sensitivity).",
+        "sensitivity_batches=...)`, otherwise the defaults (the sensitivity on the first batch; with `share=True` each pass reads its share of the batches, and its slice of one for the sensitivity).",
         "",
-        "| model | passes | share | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) "
+        "| model | passes | share | sensitivity batches | forward passes (s) | scoring (s) | sensitivity (s) | surgery (s) | whole step (s) "
         "| whole / forward | MACs cut |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    runs = [(k, False) for k in args.passes]
-    if not args.no_share and args.sensitivity_batches == 1:  # share=True estimates on a slice of one batch
-        runs += [(k, True) for k in args.passes if k > 1]
-    for scale, (passes, share) in ((s, run) for s in args.scales for run in runs):
-        r = measure(scale, args.images, args.imgsz, args.macs, passes, share, args.sensitivity_batches)
+    runs = [(k, False, b) for b in args.sensitivity_batches for k in args.passes]
+    if not args.no_share:  # share=True estimates on a slice of one batch
+        runs += [(k, True, 1) for k in args.passes if k > 1]
+    for scale, (passes, share, sensitivity) in ((s, run) for s in args.scales for run in runs):
+        r = measure(scale, args.images, args.imgsz, args.macs, passes, share, sensitivity)
         lines.append(
-            f"| yolov8{scale} | {passes} | {'yes' if share else 'no'} | {r['forward']:.1f} ± {r['spread']:.1f} "
+            f"| yolov8{scale} | {passes} | {'yes' if share else 'no'} | {sensitivity} | {r['forward']:.1f} ± {r['spread']:.1f} "
             f"| {r['scoring']:.1f} | {r['sensitivity']:.1f} | {r['surgery']:.1f} "
             f"| {r['total']:.1f} | {r['total'] / r['forward']:.2f}x | {r['cut']:.1%} |"
         )
