@@ -69,6 +69,7 @@ def real_methods(teacher: Path) -> dict:
         # more distinct views of the 128 images (4-image mosaics) at the job's SGD rate, without the rest of
         # Ultralytics' defaults; close_mosaic=0 keeps it on to the last epoch
         "distill, mosaic=1.0": ["distill=1", "mosaic=1.0", "close_mosaic=0"],
+        "fine-tune, mosaic=1.0": ["distill=0", "mosaic=1.0", "close_mosaic=0"],
         # every conv refit to the dense model's outputs after pruning, before the recovery starts
         "distill, reconstruct=True": ["distill=1", "reconstruct=True"],
     }
