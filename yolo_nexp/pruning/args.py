@@ -105,7 +105,7 @@ def check_prune_args(
         raise ValueError(
             f"candidates must be a whole number from 1 to 16 (1: one prune, no choice); got {candidates!r}."
         )
-    if not (whole(sensitivity_batches) and 1 <= sensitivity_batches <= (batches if whole(batches) else 1)):
+    if not (whole(sensitivity_batches) and 1 <= sensitivity_batches <= batches):  # batches is checked above
         raise ValueError(
             f"sensitivity_batches must be a whole number from 1 to batches ({batches!r}): the estimate reads the first "
             f"calibration batches; got {sensitivity_batches!r}."
